@@ -1,0 +1,94 @@
+//! Optimistic locking for any HTTP service, with standard conditional requests.
+//!
+//! [`ConditionalLayer`] sits in front of a storage service that has no concurrency control of
+//! its own and keeps a version for every resource it sees. It is the only clock: it issues each
+//! version's `Last-Modified`, and answers, **before the request reaches the inner service**:
+//!
+//! - a read (`GET`, `HEAD`) whose `If-Modified-Since` names the current version with
+//!   `304 Not Modified`;
+//! - a write (`POST`, `PUT`, `PATCH`, `DELETE`) whose `If-Unmodified-Since` does not name the
+//!   current version with `412 Precondition Failed`. A client re-reads and retries.
+//!
+//! A write is checked, forwarded and recorded under its resource's write lock, so two clients
+//! that read the same version cannot both write it: no update is lost. Writes to different
+//! resources never wait on each other, and reads never wait at all.
+//!
+//! Dates have one-second resolution. A date shared by two versions written in the same second
+//! is never accepted as a validator; once the clock has moved on, the current version is
+//! re-dated to a second of its own. A resource the layer has not seen since it started is dated
+//! at the layer's start and treated the same way, so clients that synced before a restart get
+//! `412` and re-sync instead of overwriting newer data.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{header, Method, Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_conditional::ConditionalLayer;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), std::convert::Infallible> {
+//! let storage = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::from("{\"content\":\"...\"}")))
+//! });
+//! let mut service = ServiceBuilder::new()
+//!     .layer(ConditionalLayer::new())
+//!     .service(storage);
+//!
+//! // Save: the layer stamps the new version on the response.
+//! let save = Request::post("/api/storage").body(Full::default()).unwrap();
+//! let res = service.ready().await?.call(save).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let last_modified = res.headers()[header::LAST_MODIFIED].clone();
+//!
+//! // A save based on an older version is refused without reaching the storage.
+//! let stale = Request::builder()
+//!     .method(Method::POST)
+//!     .uri("/api/storage")
+//!     .header(header::IF_UNMODIFIED_SINCE, "Sun, 06 Nov 1994 08:49:37 GMT")
+//!     .body(Full::default())
+//!     .unwrap();
+//! let res = service.ready().await?.call(stale).await?;
+//! assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
+//! assert_eq!(res.headers()[header::LAST_MODIFIED], last_modified);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Semantics
+//!
+//! | request | layer's answer |
+//! |---|---|
+//! | `GET`/`HEAD` with `If-Modified-Since` equal to the current, unshared date | `304`, inner service not called |
+//! | other `GET`/`HEAD` | forwarded; a 2xx gets the `Last-Modified` of the version seen before forwarding |
+//! | write with `If-Unmodified-Since` not equal to the current, unshared date | `412`, inner service not called |
+//! | write with a matching or no `If-Unmodified-Since` | forwarded under the resource's lock |
+//! | forwarded write answered 2xx | version bumped, new `Last-Modified` on the response |
+//! | forwarded write answered 4xx | nothing changes |
+//! | forwarded write answered 1xx/3xx/5xx, failed, or dropped | version bumped: the outcome is unknown |
+//! | invalid or repeated date header | ignored (RFC 9110 §13.1.3, §13.1.4) |
+//! | any other method, or a key function returning `None` | passed through untouched |
+//!
+//! Every response the layer stamps or answers carries a `Date` from the same clock, never
+//! earlier than its `Last-Modified`.
+
+#![warn(missing_docs)]
+#![deny(unreachable_pub)]
+#![deny(unsafe_code)]
+
+mod body;
+pub mod clock;
+mod date;
+mod future;
+pub mod key;
+mod layer;
+mod service;
+mod table;
+mod version;
+
+pub use crate::{
+    body::ResponseBody, future::ResponseFuture, key::ExtractKey, key::PathKey,
+    layer::ConditionalLayer, service::Conditional,
+};

@@ -1,0 +1,102 @@
+//! A resource's version and the rules that keep its `Last-Modified` truthful and unambiguous.
+//!
+//! HTTP dates have one-second resolution, so two versions written in the same second share a
+//! date. A client holding such a shared ("ambiguous") date cannot prove which of the two it saw,
+//! so the date is never accepted as a validator. Once the clock has moved past that second the
+//! current version is re-dated to the current second, which no other version can share.
+
+/// One version of one resource, as the layer tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Version {
+    /// Incremented by every write whose outcome may have changed the resource.
+    pub(crate) counter: u64,
+    /// `Last-Modified`, in whole seconds since the Unix epoch.
+    pub(crate) modified: u64,
+    /// Another version (possibly an unknown one) may carry the same `modified`.
+    pub(crate) ambiguous: bool,
+}
+
+impl Version {
+    /// The version of a resource the layer knows nothing about: dated at the `floor`, and
+    /// ambiguous, because any number of versions may have been issued in that second before.
+    pub(crate) const fn unknown(floor: u64) -> Self {
+        Self {
+            counter: 0,
+            modified: floor,
+            ambiguous: true,
+        }
+    }
+
+    /// The same version dated `now`, when its own date is ambiguous and `now` is a later second.
+    pub(crate) fn redated(self, now: u64) -> Option<Self> {
+        (self.ambiguous && now > self.modified).then_some(Self {
+            modified: now,
+            ambiguous: false,
+            ..self
+        })
+    }
+
+    /// The version a write at `now` produces. The date never goes backward, even if the clock
+    /// does; a date it shares with this version makes it ambiguous.
+    pub(crate) fn next(self, now: u64) -> Self {
+        let modified = now.max(self.modified);
+        Self {
+            counter: self.counter + 1,
+            modified,
+            ambiguous: modified == self.modified,
+        }
+    }
+
+    /// Whether a client date (`If-Modified-Since`, `If-Unmodified-Since`) names this version:
+    /// an exact match with a date no other version shares.
+    pub(crate) fn is_validated_by(self, date: u64) -> bool {
+        !self.ambiguous && date == self.modified
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_version_is_ambiguous_until_redated_in_a_later_second() {
+        let v = Version::unknown(100);
+        assert!(!v.is_validated_by(100));
+        assert_eq!(v.redated(100), None);
+        let r = v.redated(101).unwrap();
+        assert_eq!((r.counter, r.modified), (0, 101));
+        assert!(r.is_validated_by(101));
+        assert_eq!(r.redated(102), None, "an unambiguous date is kept");
+    }
+
+    #[test]
+    fn two_writes_in_one_second_share_an_ambiguous_date() {
+        let v = Version::unknown(100).redated(101).unwrap();
+        let a = v.next(102);
+        assert!(a.is_validated_by(102));
+        let b = a.next(102);
+        assert_eq!(b.modified, 102);
+        assert!(b.ambiguous);
+        assert!(!b.is_validated_by(102));
+        assert!(b.counter > a.counter);
+        let c = b.redated(103).unwrap();
+        assert_eq!((c.counter, c.modified), (b.counter, 103));
+    }
+
+    #[test]
+    fn dates_never_go_backward_when_the_clock_does() {
+        let v = Version::unknown(100).redated(200).unwrap();
+        let w = v.next(150);
+        assert_eq!(w.modified, 200);
+        assert!(w.ambiguous);
+        assert!(w.counter > v.counter);
+    }
+
+    #[test]
+    fn only_an_exact_date_validates() {
+        let v = Version::unknown(100).redated(105).unwrap();
+        assert!(!v.is_validated_by(104));
+        assert!(!v.is_validated_by(106));
+        assert!(v.is_validated_by(105));
+    }
+}
