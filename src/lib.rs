@@ -25,13 +25,13 @@
 //! use bytes::Bytes;
 //! use http::{header, Method, Request, Response, StatusCode};
 //! use http_body_util::Full;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //! use tower_conditional::ConditionalLayer;
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), std::convert::Infallible> {
 //! let storage = service_fn(|_req: Request<Full<Bytes>>| async {
-//!     Ok::<_, std::convert::Infallible>(Response::new(Full::from("{\"content\":\"...\"}")))
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{}"))))
 //! });
 //! let mut service = ServiceBuilder::new()
 //!     .layer(ConditionalLayer::new())
