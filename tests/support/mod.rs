@@ -1,0 +1,300 @@
+//! Test support: a naive storage backend with hooks, real loopback servers and clients.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, Semaphore},
+};
+use tower::{Service, ServiceExt};
+use tower_conditional::clock::ManualClock;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A second well after the epoch, so dates are plausible.
+pub fn start_of_test_time() -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+}
+
+pub fn manual_clock() -> ManualClock {
+    ManualClock::new(start_of_test_time())
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);
+
+/// Request headers that steer the backend in one request.
+pub const HOLD: &str = "x-test-hold"; // announce arrival, then wait for `Backend::release`
+pub const STATUS: &str = "x-test-status"; // answer with this status and store nothing
+pub const FAIL: &str = "x-test-fail"; // return a service error
+
+/// A storage backend with no concurrency control of its own: GET returns a path's document,
+/// POST/PUT/PATCH store the request body (reading the old one first and yielding between the
+/// read and the write, as a naive read-modify-write does), DELETE removes it.
+#[derive(Clone, Default)]
+pub struct Backend {
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+struct State {
+    docs: Mutex<HashMap<String, Bytes>>,
+    hits: AtomicUsize,
+    gate: Gate,
+}
+
+struct Gate {
+    open: Semaphore,
+    arrived_tx: mpsc::UnboundedSender<()>,
+    arrived_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        let (arrived_tx, arrived_rx) = mpsc::unbounded_channel();
+        Self {
+            open: Semaphore::new(0),
+            arrived_tx,
+            arrived_rx: tokio::sync::Mutex::new(arrived_rx),
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Backend {
+    /// How many requests reached the backend.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn doc(&self, path: &str) -> Option<Bytes> {
+        self.state.docs.lock().unwrap().get(path).cloned()
+    }
+
+    /// Waits until a request sent with `x-test-hold` has reached the backend.
+    pub async fn arrived(&self) {
+        self.state.gate.arrived_rx.lock().await.recv().await;
+    }
+
+    /// Lets one held request go on.
+    pub fn release(&self) {
+        self.state.gate.open.add_permits(1);
+    }
+
+    /// The backend as a tower service over any request body.
+    pub fn service<B>(
+        &self,
+    ) -> impl Service<
+        Request<B>,
+        Response = Response<Full<Bytes>>,
+        Error = io::Error,
+        Future = BoxFuture<Result<Response<Full<Bytes>>, io::Error>>,
+    > + Clone
+           + Send
+           + 'static
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Debug,
+    {
+        let backend = self.clone();
+        tower::service_fn(move |req: Request<B>| {
+            let backend = backend.clone();
+            Box::pin(async move { backend.handle(req).await }) as BoxFuture<_>
+        })
+    }
+
+    async fn handle<B>(self, req: Request<B>) -> Result<Response<Full<Bytes>>, io::Error>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let state = &self.state;
+        state.hits.fetch_add(1, Ordering::SeqCst);
+        let (parts, body) = req.into_parts();
+        if parts.headers.contains_key(HOLD) {
+            state.gate.arrived_tx.send(()).unwrap();
+            state.gate.open.acquire().await.unwrap().forget();
+        }
+        if parts.headers.contains_key(FAIL) {
+            return Err(io::Error::other("backend failed"));
+        }
+        if let Some(status) = parts.headers.get(STATUS) {
+            let status = StatusCode::from_bytes(status.as_bytes()).unwrap();
+            return Ok(reply(status, "forced by the test"));
+        }
+        let path = parts.uri.path().to_owned();
+        let body = body.collect().await.expect("request body").to_bytes();
+        let mut res = match parts.method {
+            Method::GET | Method::HEAD => match state.docs.lock().unwrap().get(&path) {
+                Some(doc) => Response::new(Full::new(doc.clone())),
+                None => reply(StatusCode::NOT_FOUND, "no such document"),
+            },
+            Method::POST | Method::PUT | Method::PATCH => {
+                let old = state.docs.lock().unwrap().get(&path).cloned();
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                drop(old);
+                state.docs.lock().unwrap().insert(path, body.clone());
+                Response::new(Full::new(body))
+            }
+            Method::DELETE => {
+                state.docs.lock().unwrap().remove(&path);
+                reply(StatusCode::NO_CONTENT, "")
+            }
+            _ => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        };
+        // A backend's own dates must not leak through the layer's stamps.
+        res.headers_mut().insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
+        );
+        Ok(res)
+    }
+}
+
+fn reply(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *res.status_mut() = status;
+    res
+}
+
+/// What a test looks at in a response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn last_modified(&self) -> Option<&str> {
+        self.header(header::LAST_MODIFIED)
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    /// RFC 9110 §8.8.2.1: no `Last-Modified` later than the `Date` it travels with.
+    pub fn assert_dates_truthful(&self) {
+        if let Some(lm) = self.last_modified() {
+            let date = self.header(header::DATE).expect("Date beside Last-Modified");
+            let lm = httpdate::parse_http_date(lm).unwrap();
+            let date = httpdate::parse_http_date(date).unwrap();
+            assert!(lm <= date, "Last-Modified {lm:?} after Date {date:?}");
+        }
+    }
+
+    pub async fn from_response<B>(res: Response<B>) -> Self
+    where
+        B: Body,
+        B::Error: std::fmt::Debug,
+    {
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// Builds a request with optional headers and body.
+pub fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+/// Drives one request through a service in-process.
+pub async fn call<S, B>(service: &mut S, req: Request<Full<Bytes>>) -> Reply
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let res = service.ready().await.unwrap().call(req).await.unwrap();
+    Reply::from_response(res).await
+}
+
+/// Serves `service` on 127.0.0.1 with a port the OS picks, until the test's runtime ends.
+pub async fn serve<S, B>(service: S) -> SocketAddr
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP client for one server on loopback.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let req = request(method, &format!("{}{path}", self.base), headers, body);
+        let res = self.client.request(req).await.expect("request to loopback server");
+        Reply::from_response(res).await
+    }
+}
