@@ -298,3 +298,13 @@ impl HttpClient {
         Reply::from_response(res).await
     }
 }
+
+/// The HTTP-date `secs` seconds after the start of test time.
+pub fn date_at(secs: u64) -> String {
+    httpdate::fmt_http_date(start_of_test_time() + Duration::from_secs(secs))
+}
+
+/// Polls `future` once: whether it finished, without waiting for it.
+pub async fn poll_once<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+}
