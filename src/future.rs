@@ -128,10 +128,12 @@ where
     ) -> Self {
         // Under the lock no other write to this resource can bump it until we are done, so the
         // version checked here is the one the forwarded write will replace.
-        let now = table.now();
-        let current = table.current(&key, now);
         let precondition = date::parse_date_header(request.headers(), &IF_UNMODIFIED_SINCE);
-        if precondition.is_some_and(|date| !current.is_validated_by(date)) {
+        if precondition.is_some_and(|date| !table.peek(&key).is_validated_by(date)) {
+            // Only the 412 re-dates: a date issued now for the version about to be replaced
+            // would be shared with the new version written in the same second.
+            let now = table.now();
+            let current = table.current(&key, now);
             return Kind::Answered {
                 answer: Some(Answer::precondition_failed(current, now)),
             };

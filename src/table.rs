@@ -55,6 +55,13 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         self.entries.len()
     }
 
+    /// The current version of `key`, as it is.
+    pub(crate) fn peek(&self, key: &K) -> Version {
+        self.entries
+            .get(key)
+            .map_or(Version::unknown(self.floor), |entry| entry.version)
+    }
+
     /// The current version of `key`, re-dated first if its date is ambiguous and `now` is a
     /// later second (the re-dated version is stored, so every client sees the same date).
     pub(crate) fn current(&self, key: &K, now: u64) -> Version {
@@ -139,6 +146,17 @@ mod tests {
         assert!(c.ambiguous && c.counter > b.counter);
         assert_eq!(table.current(&"/a", 1002), c);
         assert_eq!(table.current(&"/b", 1002).counter, 0);
+    }
+
+    #[test]
+    fn peeking_never_redates() {
+        let table = table_at(1000);
+        assert_eq!(table.peek(&"/a"), Version::unknown(1000));
+        table.bump(&"/a", 1001);
+        table.bump(&"/a", 1001);
+        assert!(table.peek(&"/a").ambiguous);
+        assert_eq!(table.peek(&"/a").modified, 1001);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

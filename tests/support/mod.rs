@@ -104,26 +104,9 @@ impl Backend {
         self.state.gate.open.add_permits(1);
     }
 
-    /// The backend as a tower service over any request body.
-    pub fn service<B>(
-        &self,
-    ) -> impl Service<
-        Request<B>,
-        Response = Response<Full<Bytes>>,
-        Error = io::Error,
-        Future = BoxFuture<Result<Response<Full<Bytes>>, io::Error>>,
-    > + Clone
-           + Send
-           + 'static
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Debug,
-    {
-        let backend = self.clone();
-        tower::service_fn(move |req: Request<B>| {
-            let backend = backend.clone();
-            Box::pin(async move { backend.handle(req).await }) as BoxFuture<_>
-        })
+    /// The backend as a tower service (it is one itself).
+    pub fn service(&self) -> Backend {
+        self.clone()
     }
 
     async fn handle<B>(self, req: Request<B>) -> Result<Response<Full<Bytes>>, io::Error>
@@ -173,6 +156,24 @@ impl Backend {
             HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
         );
         Ok(res)
+    }
+}
+
+impl<B> Service<Request<B>> for Backend
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Debug,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = io::Error;
+    type Future = BoxFuture<Result<Response<Full<Bytes>>, io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        Box::pin(self.clone().handle(req))
     }
 }
 

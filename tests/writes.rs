@@ -1,0 +1,247 @@
+//! Writes under the resource lock: outcomes that bump, locks released on every path, the order
+//! of reads and writes, and tower's readiness contract.
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use support::{call, date_at, poll_once, request, Backend, Reply, FAIL, HOLD, SECOND, STATUS};
+use tower::{Layer, Service, ServiceExt};
+use tower_conditional::{clock::ManualClock, Conditional, ConditionalLayer};
+
+const DOC: &str = "/doc";
+
+/// A layered backend at second 1, holding one version of `DOC` dated second 1.
+type Layered = Conditional<Backend>;
+
+async fn saved_doc() -> (Backend, ManualClock, Layered) {
+    let clock = support::manual_clock();
+    let backend = Backend::default();
+    let mut service = ConditionalLayer::new().clock(clock.clone()).layer(backend.service());
+    clock.advance(SECOND);
+    let saved = call(&mut service, request(Method::PUT, DOC, &[], "v1")).await;
+    assert_eq!(saved.last_modified(), Some(date_at(1).as_str()));
+    clock.advance(SECOND);
+    (backend, clock, service)
+}
+
+async fn try_call<S, B>(service: &mut S, req: Request<Full<Bytes>>) -> Result<Reply, std::io::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = http::Response<B>, Error = std::io::Error>,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let res = service.ready().await?.call(req).await?;
+    Ok(Reply::from_response(res).await)
+}
+
+/// After a write of unknown outcome: the old date is refused, and the resource is not locked.
+async fn assert_bumped_and_writable<S, B>(service: &mut S, backend: &Backend)
+where
+    S: Service<Request<Full<Bytes>>, Response = http::Response<B>, Error = std::io::Error>,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let stale = try_call(service, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "stale")).await.unwrap();
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "the version was not bumped");
+    let next = try_call(service, request(Method::PUT, DOC, &[], "next")).await.unwrap();
+    assert_eq!(next.status, StatusCode::OK);
+    assert_eq!(backend.doc(DOC).unwrap(), "next");
+}
+
+#[tokio::test]
+async fn a_write_dropped_mid_call_bumps_the_version_and_releases_the_lock() {
+    let (backend, _clock, mut service) = saved_doc().await;
+    let held = request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1)), (HOLD, "1")], "lost?");
+    let in_flight = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap().call(held);
+    let task = tokio::spawn(in_flight);
+    backend.arrived().await;
+    task.abort(); // the client went away mid-call
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_bumped_and_writable(&mut service, &backend).await;
+}
+
+#[tokio::test]
+async fn a_write_whose_backend_fails_bumps_the_version_and_releases_the_lock() {
+    let (backend, _clock, mut service) = saved_doc().await;
+    let failing = request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1)), (FAIL, "1")], "x");
+    assert!(try_call(&mut service, failing).await.is_err());
+    assert_bumped_and_writable(&mut service, &backend).await;
+}
+
+#[tokio::test]
+async fn a_write_answered_5xx_bumps_the_version() {
+    let (backend, _clock, mut service) = saved_doc().await;
+    let res = call(&mut service, request(Method::PUT, DOC, &[(STATUS, "500")], "x")).await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_bumped_and_writable(&mut service, &backend).await;
+}
+
+#[tokio::test]
+async fn a_write_refused_with_4xx_changes_nothing() {
+    let (_backend, _clock, mut service) = saved_doc().await;
+    let res = call(&mut service, request(Method::PUT, DOC, &[(STATUS, "409")], "x")).await;
+    assert_eq!(res.status, StatusCode::CONFLICT);
+    let next = call(&mut service, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "y")).await;
+    assert_eq!(next.status, StatusCode::OK, "a refused write must not invalidate the client's version");
+}
+
+#[tokio::test]
+async fn a_read_is_stamped_with_the_version_seen_before_a_write_that_lands_meanwhile() {
+    let (backend, _clock, service) = saved_doc().await;
+    let mut reader = service.clone();
+    let read = tokio::spawn(async move {
+        call(&mut reader, request(Method::GET, DOC, &[(HOLD, "1")], "")).await
+    });
+    backend.arrived().await; // the read has seen version 1 and is in the backend
+
+    let mut writer = service.clone();
+    let write = call(&mut writer, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "v2")).await;
+    assert_eq!(write.last_modified(), Some(date_at(2).as_str()));
+
+    backend.release();
+    let read = read.await.unwrap();
+    assert_eq!(read.text(), "v2", "the backend served the newer data");
+    assert_eq!(read.last_modified(), Some(date_at(1).as_str()), "stamped older than the data, never newer");
+    let stale = call(&mut writer, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "x")).await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn a_read_during_a_write_neither_waits_nor_sees_the_unfinished_version() {
+    let (backend, _clock, service) = saved_doc().await;
+    let mut writer = service.clone();
+    let write = tokio::spawn(async move {
+        let v1 = date_at(1);
+        let headers = [("if-unmodified-since", v1.as_str()), (HOLD, "1")];
+        call(&mut writer, request(Method::PUT, DOC, &headers, "v2")).await
+    });
+    backend.arrived().await; // the write holds the lock and is in the backend
+
+    let mut reader = service.clone();
+    let read = call(&mut reader, request(Method::GET, DOC, &[], "")).await;
+    assert_eq!(read.last_modified(), Some(date_at(1).as_str()), "not bumped before the write's answer");
+    let revalidated = call(&mut reader, request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], "")).await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+
+    backend.release();
+    let write = write.await.unwrap();
+    assert_eq!(write.status, StatusCode::OK);
+    assert_eq!(write.last_modified(), Some(date_at(2).as_str()));
+    let after = call(&mut reader, request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], "")).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.last_modified(), Some(date_at(2).as_str()));
+}
+
+#[tokio::test]
+async fn a_second_write_waits_for_the_first_and_is_checked_against_its_result() {
+    let (backend, _clock, service) = saved_doc().await;
+    let based_on_v1 = |body: &'static str, hold: bool| {
+        let mut headers = vec![("if-unmodified-since", date_at(1))];
+        if hold {
+            headers.push((HOLD, "1".into()));
+        }
+        let headers: Vec<_> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        request(Method::PUT, DOC, &headers, body)
+    };
+    let mut first = service.clone();
+    let first = tokio::spawn(async move { call(&mut first, based_on_v1("first", true)).await });
+    backend.arrived().await;
+
+    let mut second_service = service.clone();
+    let mut second = Box::pin(async move { call(&mut second_service, based_on_v1("second", false)).await });
+    assert!(poll_once(&mut second).await.is_pending(), "the second write waits for the lock");
+    let hits = backend.hits();
+
+    backend.release();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    let second = second.await;
+    assert_eq!(second.status, StatusCode::PRECONDITION_FAILED, "both were based on version 1");
+    assert_eq!(backend.hits(), hits, "the loser never reached the backend");
+    assert_eq!(backend.doc(DOC).unwrap(), "first");
+}
+
+#[tokio::test]
+async fn writes_to_different_resources_do_not_wait_on_each_other() {
+    let (backend, _clock, service) = saved_doc().await;
+    let mut first = service.clone();
+    let held = tokio::spawn(async move { call(&mut first, request(Method::PUT, DOC, &[(HOLD, "1")], "slow")).await });
+    backend.arrived().await;
+
+    // The held write keeps its lock until released below, so this only finishes if it does
+    // not wait for that lock; the timeout turns a wrong wait into a failure instead of a hang.
+    let mut other = service.clone();
+    let write = call(&mut other, request(Method::PUT, "/other", &[], "fast"));
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), write)
+        .await
+        .expect("a write to another resource waited for the held one");
+    assert_eq!(done.status, StatusCode::OK);
+    assert!(!held.is_finished());
+    backend.release();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+}
+
+/// A service that panics when called without a successful `poll_ready` first; clones start
+/// unready, as tower's contract allows.
+struct MustBeReady<S> {
+    inner: S,
+    ready: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for MustBeReady<S> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), ready: false, calls: self.calls.clone() }
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for MustBeReady<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        let poll = self.inner.poll_ready(cx);
+        self.ready = poll.is_ready();
+        poll
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        assert!(self.ready, "called without poll_ready");
+        self.ready = false;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_waits_for_its_lock_calls_the_service_that_was_readied() {
+    let backend = Backend::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = MustBeReady { inner: backend.service(), ready: false, calls: calls.clone() };
+    let mut service = ConditionalLayer::new().layer(inner);
+
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap();
+    let held = tokio::spawn(service.call(request(Method::PUT, DOC, &[(HOLD, "1")], "first")));
+    backend.arrived().await;
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap();
+    let waiting = tokio::spawn(service.call(request(Method::PUT, DOC, &[], "second")));
+    // The layer kept a clone that was never readied: it must be readied again before use.
+    let read = call(&mut service, request(Method::GET, DOC, &[], "")).await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND);
+
+    backend.release();
+    assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(backend.doc(DOC).unwrap(), "second");
+}
