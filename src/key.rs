@@ -129,7 +129,8 @@ fn is_unreserved(byte: u8) -> bool {
 }
 
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| segment == "." || segment == "..")
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// §5.2.4 for a path made of `/`-separated segments: `.` is dropped, `..` drops the segment

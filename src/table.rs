@@ -139,7 +139,10 @@ mod tests {
     fn bumps_increase_the_counter_and_track_ambiguity() {
         let table = table_at(1000);
         let a = table.bump(&"/a", 1000);
-        assert!(a.ambiguous, "the floor second may hold pre-restart versions");
+        assert!(
+            a.ambiguous,
+            "the floor second may hold pre-restart versions"
+        );
         let b = table.bump(&"/a", 1002);
         assert!(!b.ambiguous && b.counter > a.counter);
         let c = table.bump(&"/a", 1002);

@@ -77,12 +77,21 @@ async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
 }
 
 /// GET with `If-Modified-Since` when the client holds a version; 304 keeps what it holds.
-async fn sync(client: &HttpClient, held: Option<(usize, Option<String>)>) -> (usize, Option<String>) {
+async fn sync(
+    client: &HttpClient,
+    held: Option<(usize, Option<String>)>,
+) -> (usize, Option<String>) {
     let since = held.as_ref().and_then(|(_, m)| m.as_deref());
-    let headers: Vec<_> = since.map(|m| ("if-modified-since", m)).into_iter().collect();
+    let headers: Vec<_> = since
+        .map(|m| ("if-modified-since", m))
+        .into_iter()
+        .collect();
     let res = client.send(Method::GET, PATH, &headers, "").await;
     match res.status {
-        StatusCode::OK => (res.text().parse().unwrap(), res.last_modified().map(str::to_owned)),
+        StatusCode::OK => (
+            res.text().parse().unwrap(),
+            res.last_modified().map(str::to_owned),
+        ),
         StatusCode::NOT_MODIFIED => held.expect("304 only answers a client holding a version"),
         other => panic!("unexpected {other} for a sync"),
     }
@@ -102,13 +111,22 @@ async fn concurrent_increments_through_the_layer_lose_nothing() {
     let layer = ConditionalLayer::new().clock(clock.clone());
     let addr = support::serve(layer.layer(backend.service())).await;
 
-    let outcome = tokio::time::timeout(Duration::from_secs(120), run(HttpClient::new(addr), Some(clock)))
-        .await
-        .expect("the workload finishes");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(HttpClient::new(addr), Some(clock)),
+    )
+    .await
+    .expect("the workload finishes");
 
     assert_eq!(outcome.successful_writes, CLIENTS * INCREMENTS);
-    assert_eq!(outcome.final_value, outcome.successful_writes, "an update was lost");
-    assert!(outcome.rejected_writes > 0, "the clients never raced: the test proves nothing");
+    assert_eq!(
+        outcome.final_value, outcome.successful_writes,
+        "an update was lost"
+    );
+    assert!(
+        outcome.rejected_writes > 0,
+        "the clients never raced: the test proves nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

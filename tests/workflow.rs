@@ -28,13 +28,23 @@ async fn sync_resync_save_stale_save_resync_retry() {
     assert_eq!(sync.text(), "v1");
     sync.assert_dates_truthful();
     let v1 = sync.last_modified().unwrap().to_owned();
-    assert_ne!(v1, "Mon, 01 Jan 2001 00:00:00 GMT", "the backend's date is replaced");
+    assert_ne!(
+        v1, "Mon, 01 Jan 2001 00:00:00 GMT",
+        "the backend's date is replaced"
+    );
     let bob_v1 = bob.send(Method::GET, "/api/storage", &[], "").await;
     assert_eq!(bob_v1.last_modified(), Some(v1.as_str()));
 
     // re-sync: 304, inner not reached
     let hits = backend.hits();
-    let resync = alice.send(Method::GET, "/api/storage", &[("if-modified-since", &v1)], "").await;
+    let resync = alice
+        .send(
+            Method::GET,
+            "/api/storage",
+            &[("if-modified-since", &v1)],
+            "",
+        )
+        .await;
     assert_eq!(resync.status, StatusCode::NOT_MODIFIED);
     assert!(resync.body.is_empty());
     assert_eq!(resync.last_modified(), Some(v1.as_str()));
@@ -43,7 +53,14 @@ async fn sync_resync_save_stale_save_resync_retry() {
 
     // save: 200 + newer Last-Modified
     clock.advance(SECOND);
-    let save = alice.send(Method::POST, "/api/storage", &[("if-unmodified-since", &v1)], "alice").await;
+    let save = alice
+        .send(
+            Method::POST,
+            "/api/storage",
+            &[("if-unmodified-since", &v1)],
+            "alice",
+        )
+        .await;
     assert_eq!(save.status, StatusCode::OK);
     save.assert_dates_truthful();
     let v2 = save.last_modified().unwrap().to_owned();
@@ -51,7 +68,14 @@ async fn sync_resync_save_stale_save_resync_retry() {
 
     // stale save: 412, inner not reached
     let hits = backend.hits();
-    let stale = bob.send(Method::POST, "/api/storage", &[("if-unmodified-since", &v1)], "bob").await;
+    let stale = bob
+        .send(
+            Method::POST,
+            "/api/storage",
+            &[("if-unmodified-since", &v1)],
+            "bob",
+        )
+        .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(stale.last_modified(), Some(v2.as_str()));
     assert!(stale.text().contains("Re-read"), "{}", stale.text());
@@ -60,14 +84,28 @@ async fn sync_resync_save_stale_save_resync_retry() {
     assert_eq!(backend.doc("/api/storage").unwrap(), "alice");
 
     // re-sync: the stale client gets the new data and date
-    let resync = bob.send(Method::GET, "/api/storage", &[("if-modified-since", &v1)], "").await;
+    let resync = bob
+        .send(
+            Method::GET,
+            "/api/storage",
+            &[("if-modified-since", &v1)],
+            "",
+        )
+        .await;
     assert_eq!(resync.status, StatusCode::OK);
     assert_eq!(resync.text(), "alice");
     assert_eq!(resync.last_modified(), Some(v2.as_str()));
 
     // retry with the re-applied change succeeds
     clock.advance(SECOND);
-    let retry = bob.send(Method::POST, "/api/storage", &[("if-unmodified-since", &v2)], "alice+bob").await;
+    let retry = bob
+        .send(
+            Method::POST,
+            "/api/storage",
+            &[("if-unmodified-since", &v2)],
+            "alice+bob",
+        )
+        .await;
     assert_eq!(retry.status, StatusCode::OK);
     assert_eq!(backend.doc("/api/storage").unwrap(), "alice+bob");
     assert_ne!(retry.last_modified(), Some(v2.as_str()));

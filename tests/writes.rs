@@ -26,7 +26,9 @@ type Layered = Conditional<Backend>;
 async fn saved_doc() -> (Backend, ManualClock, Layered) {
     let clock = support::manual_clock();
     let backend = Backend::default();
-    let mut service = ConditionalLayer::new().clock(clock.clone()).layer(backend.service());
+    let mut service = ConditionalLayer::new()
+        .clock(clock.clone())
+        .layer(backend.service());
     clock.advance(SECOND);
     let saved = call(&mut service, request(Method::PUT, DOC, &[], "v1")).await;
     assert_eq!(saved.last_modified(), Some(date_at(1).as_str()));
@@ -51,9 +53,25 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    let stale = try_call(service, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "stale")).await.unwrap();
-    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "the version was not bumped");
-    let next = try_call(service, request(Method::PUT, DOC, &[], "next")).await.unwrap();
+    let stale = try_call(
+        service,
+        request(
+            Method::PUT,
+            DOC,
+            &[("if-unmodified-since", &date_at(1))],
+            "stale",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "the version was not bumped"
+    );
+    let next = try_call(service, request(Method::PUT, DOC, &[], "next"))
+        .await
+        .unwrap();
     assert_eq!(next.status, StatusCode::OK);
     assert_eq!(backend.doc(DOC).unwrap(), "next");
 }
@@ -61,8 +79,16 @@ where
 #[tokio::test]
 async fn a_write_dropped_mid_call_bumps_the_version_and_releases_the_lock() {
     let (backend, _clock, mut service) = saved_doc().await;
-    let held = request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1)), (HOLD, "1")], "lost?");
-    let in_flight = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap().call(held);
+    let held = request(
+        Method::PUT,
+        DOC,
+        &[("if-unmodified-since", &date_at(1)), (HOLD, "1")],
+        "lost?",
+    );
+    let in_flight = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(held);
     let task = tokio::spawn(in_flight);
     backend.arrived().await;
     task.abort(); // the client went away mid-call
@@ -73,7 +99,12 @@ async fn a_write_dropped_mid_call_bumps_the_version_and_releases_the_lock() {
 #[tokio::test]
 async fn a_write_whose_backend_fails_bumps_the_version_and_releases_the_lock() {
     let (backend, _clock, mut service) = saved_doc().await;
-    let failing = request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1)), (FAIL, "1")], "x");
+    let failing = request(
+        Method::PUT,
+        DOC,
+        &[("if-unmodified-since", &date_at(1)), (FAIL, "1")],
+        "x",
+    );
     assert!(try_call(&mut service, failing).await.is_err());
     assert_bumped_and_writable(&mut service, &backend).await;
 }
@@ -81,7 +112,11 @@ async fn a_write_whose_backend_fails_bumps_the_version_and_releases_the_lock() {
 #[tokio::test]
 async fn a_write_answered_5xx_bumps_the_version() {
     let (backend, _clock, mut service) = saved_doc().await;
-    let res = call(&mut service, request(Method::PUT, DOC, &[(STATUS, "500")], "x")).await;
+    let res = call(
+        &mut service,
+        request(Method::PUT, DOC, &[(STATUS, "500")], "x"),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_bumped_and_writable(&mut service, &backend).await;
 }
@@ -89,10 +124,27 @@ async fn a_write_answered_5xx_bumps_the_version() {
 #[tokio::test]
 async fn a_write_refused_with_4xx_changes_nothing() {
     let (_backend, _clock, mut service) = saved_doc().await;
-    let res = call(&mut service, request(Method::PUT, DOC, &[(STATUS, "409")], "x")).await;
+    let res = call(
+        &mut service,
+        request(Method::PUT, DOC, &[(STATUS, "409")], "x"),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::CONFLICT);
-    let next = call(&mut service, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "y")).await;
-    assert_eq!(next.status, StatusCode::OK, "a refused write must not invalidate the client's version");
+    let next = call(
+        &mut service,
+        request(
+            Method::PUT,
+            DOC,
+            &[("if-unmodified-since", &date_at(1))],
+            "y",
+        ),
+    )
+    .await;
+    assert_eq!(
+        next.status,
+        StatusCode::OK,
+        "a refused write must not invalidate the client's version"
+    );
 }
 
 #[tokio::test]
@@ -105,14 +157,36 @@ async fn a_read_is_stamped_with_the_version_seen_before_a_write_that_lands_meanw
     backend.arrived().await; // the read has seen version 1 and is in the backend
 
     let mut writer = service.clone();
-    let write = call(&mut writer, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "v2")).await;
+    let write = call(
+        &mut writer,
+        request(
+            Method::PUT,
+            DOC,
+            &[("if-unmodified-since", &date_at(1))],
+            "v2",
+        ),
+    )
+    .await;
     assert_eq!(write.last_modified(), Some(date_at(2).as_str()));
 
     backend.release();
     let read = read.await.unwrap();
     assert_eq!(read.text(), "v2", "the backend served the newer data");
-    assert_eq!(read.last_modified(), Some(date_at(1).as_str()), "stamped older than the data, never newer");
-    let stale = call(&mut writer, request(Method::PUT, DOC, &[("if-unmodified-since", &date_at(1))], "x")).await;
+    assert_eq!(
+        read.last_modified(),
+        Some(date_at(1).as_str()),
+        "stamped older than the data, never newer"
+    );
+    let stale = call(
+        &mut writer,
+        request(
+            Method::PUT,
+            DOC,
+            &[("if-unmodified-since", &date_at(1))],
+            "x",
+        ),
+    )
+    .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
 }
 
@@ -129,15 +203,27 @@ async fn a_read_during_a_write_neither_waits_nor_sees_the_unfinished_version() {
 
     let mut reader = service.clone();
     let read = call(&mut reader, request(Method::GET, DOC, &[], "")).await;
-    assert_eq!(read.last_modified(), Some(date_at(1).as_str()), "not bumped before the write's answer");
-    let revalidated = call(&mut reader, request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], "")).await;
+    assert_eq!(
+        read.last_modified(),
+        Some(date_at(1).as_str()),
+        "not bumped before the write's answer"
+    );
+    let revalidated = call(
+        &mut reader,
+        request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], ""),
+    )
+    .await;
     assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
 
     backend.release();
     let write = write.await.unwrap();
     assert_eq!(write.status, StatusCode::OK);
     assert_eq!(write.last_modified(), Some(date_at(2).as_str()));
-    let after = call(&mut reader, request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], "")).await;
+    let after = call(
+        &mut reader,
+        request(Method::GET, DOC, &[("if-modified-since", &date_at(1))], ""),
+    )
+    .await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.last_modified(), Some(date_at(2).as_str()));
 }
@@ -158,14 +244,22 @@ async fn a_second_write_waits_for_the_first_and_is_checked_against_its_result() 
     backend.arrived().await;
 
     let mut second_service = service.clone();
-    let mut second = Box::pin(async move { call(&mut second_service, based_on_v1("second", false)).await });
-    assert!(poll_once(&mut second).await.is_pending(), "the second write waits for the lock");
+    let mut second =
+        Box::pin(async move { call(&mut second_service, based_on_v1("second", false)).await });
+    assert!(
+        poll_once(&mut second).await.is_pending(),
+        "the second write waits for the lock"
+    );
     let hits = backend.hits();
 
     backend.release();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     let second = second.await;
-    assert_eq!(second.status, StatusCode::PRECONDITION_FAILED, "both were based on version 1");
+    assert_eq!(
+        second.status,
+        StatusCode::PRECONDITION_FAILED,
+        "both were based on version 1"
+    );
     assert_eq!(backend.hits(), hits, "the loser never reached the backend");
     assert_eq!(backend.doc(DOC).unwrap(), "first");
 }
@@ -174,7 +268,13 @@ async fn a_second_write_waits_for_the_first_and_is_checked_against_its_result() 
 async fn writes_to_different_resources_do_not_wait_on_each_other() {
     let (backend, _clock, service) = saved_doc().await;
     let mut first = service.clone();
-    let held = tokio::spawn(async move { call(&mut first, request(Method::PUT, DOC, &[(HOLD, "1")], "slow")).await });
+    let held = tokio::spawn(async move {
+        call(
+            &mut first,
+            request(Method::PUT, DOC, &[(HOLD, "1")], "slow"),
+        )
+        .await
+    });
     backend.arrived().await;
 
     // The held write keeps its lock until released below, so this only finishes if it does
@@ -200,7 +300,11 @@ struct MustBeReady<S> {
 
 impl<S: Clone> Clone for MustBeReady<S> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), ready: false, calls: self.calls.clone() }
+        Self {
+            inner: self.inner.clone(),
+            ready: false,
+            calls: self.calls.clone(),
+        }
     }
 }
 
@@ -227,13 +331,21 @@ impl<S: Service<R>, R> Service<R> for MustBeReady<S> {
 async fn a_write_that_waits_for_its_lock_calls_the_service_that_was_readied() {
     let backend = Backend::default();
     let calls = Arc::new(AtomicUsize::new(0));
-    let inner = MustBeReady { inner: backend.service(), ready: false, calls: calls.clone() };
+    let inner = MustBeReady {
+        inner: backend.service(),
+        ready: false,
+        calls: calls.clone(),
+    };
     let mut service = ConditionalLayer::new().layer(inner);
 
-    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap();
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap();
     let held = tokio::spawn(service.call(request(Method::PUT, DOC, &[(HOLD, "1")], "first")));
     backend.arrived().await;
-    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await.unwrap();
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+        .await
+        .unwrap();
     let waiting = tokio::spawn(service.call(request(Method::PUT, DOC, &[], "second")));
     // The layer kept a clone that was never readied: it must be readied again before use.
     let read = call(&mut service, request(Method::GET, DOC, &[], "")).await;

@@ -151,10 +151,12 @@ impl Backend {
             _ => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         };
         // A backend's own dates must not leak through the layer's stamps.
-        res.headers_mut().insert(
-            header::LAST_MODIFIED,
-            HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
-        );
+        if res.status().is_success() {
+            res.headers_mut().insert(
+                header::LAST_MODIFIED,
+                HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
+            );
+        }
         Ok(res)
     }
 }
@@ -168,7 +170,10 @@ where
     type Error = io::Error;
     type Future = BoxFuture<Result<Response<Full<Bytes>>, io::Error>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), io::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -207,7 +212,9 @@ impl Reply {
     /// RFC 9110 §8.8.2.1: no `Last-Modified` later than the `Date` it travels with.
     pub fn assert_dates_truthful(&self) {
         if let Some(lm) = self.last_modified() {
-            let date = self.header(header::DATE).expect("Date beside Last-Modified");
+            let date = self
+                .header(header::DATE)
+                .expect("Date beside Last-Modified");
             let lm = httpdate::parse_http_date(lm).unwrap();
             let date = httpdate::parse_http_date(date).unwrap();
             assert!(lm <= date, "Last-Modified {lm:?} after Date {date:?}");
@@ -230,12 +237,19 @@ impl Reply {
 }
 
 /// Builds a request with optional headers and body.
-pub fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+pub fn request(
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Request<Full<Bytes>> {
     let mut builder = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+    builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
 }
 
 /// Drives one request through a service in-process.
@@ -293,9 +307,19 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
         let req = request(method, &format!("{}{path}", self.base), headers, body);
-        let res = self.client.request(req).await.expect("request to loopback server");
+        let res = self
+            .client
+            .request(req)
+            .await
+            .expect("request to loopback server");
         Reply::from_response(res).await
     }
 }
