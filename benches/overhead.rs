@@ -1,1 +1,141 @@
-fn main() {}
+//! The layer's added cost per request against the bare inner service, in-process.
+//!
+//! ```not_rust
+//! cargo bench --bench overhead
+//! ```
+//!
+//! The inner service answers at once, so a request's future is ready on its first poll and is
+//! polled here with a no-op waker: the figures are the layer's own work, without a runtime.
+
+use std::{
+    convert::Infallible,
+    future::{ready, Future, Ready},
+    pin::pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{header, Method, Request, Response};
+use http_body_util::Full;
+use tower::{service_fn, util::ServiceFn, Layer, Service};
+use tower_conditional::{clock::ManualClock, ConditionalLayer};
+
+const PATH: &str = "/api/storage";
+
+fn bare() -> BareService {
+    service_fn(|_req| {
+        let body = Full::new(Bytes::from_static(b"{\"content\":\"x\"}"));
+        ready(Ok(Response::new(body)))
+    })
+}
+
+/// Polls the call once: every path benchmarked here completes without waiting.
+fn call_now<S: Service<Request<Full<Bytes>>>>(
+    service: &mut S,
+    req: Request<Full<Bytes>>,
+) -> S::Response
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    match pin!(service.call(req)).poll(&mut cx) {
+        Poll::Ready(res) => res.unwrap(),
+        Poll::Pending => panic!("the benchmarked path waited"),
+    }
+}
+
+/// A conditional header and its value.
+type Condition<'a> = Option<(header::HeaderName, &'a str)>;
+
+struct Case<'a> {
+    name: &'a str,
+    method: Method,
+    condition: Condition<'a>,
+    status: u16,
+}
+
+type BareService =
+    ServiceFn<fn(Request<Full<Bytes>>) -> Ready<Result<Response<Full<Bytes>>, Infallible>>>;
+
+fn request(method: Method, condition: Condition<'_>) -> Request<Full<Bytes>> {
+    let mut req = Request::builder().method(method).uri(PATH);
+    if let Some((name, value)) = condition {
+        req = req.header(name, value);
+    }
+    req.body(Full::default()).unwrap()
+}
+
+fn overhead(c: &mut Criterion) {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_750_000_000));
+    let mut layered = ConditionalLayer::new().clock(clock.clone()).layer(bare());
+    let mut bare = bare();
+    clock.advance(Duration::from_secs(1));
+    let saved = call_now(&mut layered, request(Method::PUT, None));
+    let current = saved.headers()[header::LAST_MODIFIED]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let stale = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    let cases = [
+        Case {
+            name: "not_modified_304",
+            method: Method::GET,
+            condition: Some((header::IF_MODIFIED_SINCE, &current)),
+            status: 304,
+        },
+        Case {
+            name: "forwarded_read",
+            method: Method::GET,
+            condition: None,
+            status: 200,
+        },
+        Case {
+            name: "precondition_failed_412",
+            method: Method::POST,
+            condition: Some((header::IF_UNMODIFIED_SINCE, stale)),
+            status: 412,
+        },
+        // Last: every forwarded write bumps the version, which would end the 304 case.
+        Case {
+            name: "forwarded_write",
+            method: Method::POST,
+            condition: None,
+            status: 200,
+        },
+    ];
+    for Case {
+        name,
+        method,
+        condition,
+        status,
+    } in cases
+    {
+        let res = call_now(&mut layered, request(method.clone(), condition.clone()));
+        assert_eq!(res.status(), status, "{name} takes the path it names");
+        let mut group = c.benchmark_group(name);
+        group.bench_function("bare", |b| {
+            b.iter(|| {
+                black_box(call_now(
+                    &mut bare,
+                    request(method.clone(), condition.clone()),
+                ))
+            })
+        });
+        group.bench_function("layered", |b| {
+            b.iter(|| {
+                black_box(call_now(
+                    &mut layered,
+                    request(method.clone(), condition.clone()),
+                ))
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

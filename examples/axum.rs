@@ -50,7 +50,9 @@ mod tests {
     #[tokio::test]
     async fn a_save_based_on_an_old_version_is_refused() {
         let app = app();
-        let save = Request::post("/api/storage").body(Body::from("v1")).unwrap();
+        let save = Request::post("/api/storage")
+            .body(Body::from("v1"))
+            .unwrap();
         let res = app.clone().oneshot(save).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert!(res.headers().contains_key(header::LAST_MODIFIED));

@@ -42,7 +42,10 @@ async fn store(docs: Docs, req: Request<Incoming>) -> Result<Response<Full<Bytes
                 docs.lock().unwrap().insert(path, body.to_bytes());
                 (StatusCode::OK, Bytes::from_static(b"saved\n"))
             }
-            Err(_) => (StatusCode::BAD_REQUEST, Bytes::from_static(b"unreadable body\n")),
+            Err(_) => (
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"unreadable body\n"),
+            ),
         },
         Method::DELETE => {
             docs.lock().unwrap().remove(&path);
