@@ -15,7 +15,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -27,9 +27,10 @@ use tower::{service_fn, ServiceBuilder};
 use tower_conditional::ConditionalLayer;
 
 type Docs = Arc<Mutex<HashMap<String, Bytes>>>;
+type RequestBody = BoxBody<Bytes, hyper::Error>;
 
 /// A key-value store over paths with no concurrency control of its own.
-async fn store(docs: Docs, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn store(docs: Docs, req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let (status, body) = match parts.method {
@@ -62,6 +63,8 @@ async fn store(docs: Docs, req: Request<Incoming>) -> Result<Response<Full<Bytes
 async fn main() -> std::io::Result<()> {
     let docs = Docs::default();
     let service = ServiceBuilder::new()
+        // hyper's `Incoming` has no `Default`, which the layer needs to probe for existence.
+        .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
         .layer(ConditionalLayer::new())
         .service(service_fn(move |req| store(docs.clone(), req)));
 

@@ -30,7 +30,7 @@ use std::{
 use bytes::Bytes;
 use clap::Parser;
 use http::{header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -53,6 +53,10 @@ struct Cli {
     /// demo backend is started on a free loopback port.
     #[arg(long)]
     upstream: Option<Uri>,
+    /// Answer writes that carry no precondition (If-Match, If-None-Match, If-Unmodified-Since)
+    /// with 428 Precondition Required instead of forwarding them.
+    #[arg(long)]
+    require_precondition: bool,
 }
 
 #[tokio::main]
@@ -68,7 +72,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let forward = Forward::new(upstream)?;
     let service = ServiceBuilder::new()
-        .layer(ConditionalLayer::new())
+        // The layer needs a request body with a `Default` (for its existence probes).
+        .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
+        .layer(ConditionalLayer::new().require_precondition(cli.require_precondition))
         .service(forward);
 
     let listener = TcpListener::bind(cli.listen).await?;
@@ -91,12 +97,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 }
 
+type RequestBody = BoxBody<Bytes, hyper::Error>;
 type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Forwards each request to the upstream; an upstream that cannot be reached gives 502.
 #[derive(Clone)]
 struct Forward {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     upstream: Uri,
 }
 
@@ -137,7 +144,7 @@ const HOP_BY_HOP: [header::HeaderName; 5] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-impl Service<Request<Incoming>> for Forward {
+impl Service<Request<RequestBody>> for Forward {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -146,7 +153,7 @@ impl Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         *req.uri_mut() = self.upstream_uri(req.uri());
         for name in &HOP_BY_HOP {
             req.headers_mut().remove(name);

@@ -22,6 +22,7 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey> {
     extract_key: K,
     clock: Arc<dyn Clock>,
     table: Arc<VersionTable<K::Key>>,
+    require_precondition: bool,
 }
 
 impl ConditionalLayer {
@@ -32,6 +33,7 @@ impl ConditionalLayer {
             extract_key: PathKey,
             table: Arc::new(VersionTable::new(clock.clone())),
             clock,
+            require_precondition: false,
         }
     }
 }
@@ -50,8 +52,16 @@ impl<K: ExtractKey> ConditionalLayer<K> {
         Self {
             table: Arc::new(VersionTable::new(clock.clone())),
             clock,
-            extract_key: self.extract_key,
+            ..self
         }
+    }
+
+    /// With `true`, a write that carries none of `If-Match`, `If-None-Match` and a valid
+    /// `If-Unmodified-Since` is answered `428 Precondition Required` (RFC 6585 §3): no blind
+    /// overwrites. Off by default.
+    pub fn require_precondition(mut self, require: bool) -> Self {
+        self.require_precondition = require;
+        self
     }
 
     /// Maps requests to resources with `extract_key`, usually a closure
@@ -61,6 +71,7 @@ impl<K: ExtractKey> ConditionalLayer<K> {
             table: Arc::new(VersionTable::new(self.clock.clone())),
             clock: self.clock,
             extract_key,
+            require_precondition: self.require_precondition,
         }
     }
 
@@ -74,7 +85,12 @@ impl<S, K: ExtractKey + Clone> Layer<S> for ConditionalLayer<K> {
     type Service = Conditional<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Conditional::new(inner, self.extract_key.clone(), self.table.clone())
+        Conditional::new(
+            inner,
+            self.extract_key.clone(),
+            self.table.clone(),
+            self.require_precondition,
+        )
     }
 }
 
@@ -84,6 +100,7 @@ impl<K: ExtractKey + Clone> Clone for ConditionalLayer<K> {
             extract_key: self.extract_key.clone(),
             clock: self.clock.clone(),
             table: self.table.clone(),
+            require_precondition: self.require_precondition,
         }
     }
 }
@@ -92,6 +109,7 @@ impl<K: ExtractKey> fmt::Debug for ConditionalLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionalLayer")
             .field("tracked_resources", &self.table.len())
+            .field("require_precondition", &self.require_precondition)
             .finish()
     }
 }

@@ -78,15 +78,19 @@
 #![deny(unreachable_pub)]
 #![deny(unsafe_code)]
 
+mod answer;
 mod body;
 pub mod clock;
 mod date;
+mod etag;
 mod future;
 pub mod key;
 mod layer;
+mod precondition;
 mod service;
 mod table;
 mod version;
+mod write;
 
 pub use crate::{
     body::ResponseBody, future::ResponseFuture, key::ExtractKey, key::PathKey,

@@ -6,15 +6,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::IF_MODIFIED_SINCE, Method, Request, Response};
+use http::{header::RANGE, Method, Request, Response};
 use tower_service::Service;
 
 use crate::{
+    answer::Answer,
     body::ResponseBody,
-    date,
-    future::{Answer, PendingWrite, ResponseFuture},
+    future::{ReadInFlight, ResponseFuture},
     key::{ExtractKey, PathKey},
+    precondition::{self, Conditions, Decision, Verdict},
     table::VersionTable,
+    write::{self, Lock, Step},
 };
 
 /// Middleware that answers unchanged reads with `304 Not Modified` and stale writes with
@@ -25,6 +27,7 @@ pub struct Conditional<S, K: ExtractKey = PathKey> {
     inner: S,
     extract_key: K,
     table: Arc<VersionTable<K::Key>>,
+    require_precondition: bool,
 }
 
 /// What a request does to its resource.
@@ -47,11 +50,17 @@ impl Access {
 // ===== impl Conditional =====
 
 impl<S, K: ExtractKey> Conditional<S, K> {
-    pub(crate) fn new(inner: S, extract_key: K, table: Arc<VersionTable<K::Key>>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        extract_key: K,
+        table: Arc<VersionTable<K::Key>>,
+        require_precondition: bool,
+    ) -> Self {
         Self {
             inner,
             extract_key,
             table,
+            require_precondition,
         }
     }
 
@@ -73,7 +82,11 @@ impl<S, K: ExtractKey> Conditional<S, K> {
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Conditional<S, K>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Send + 'static,
     K: ExtractKey,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -95,36 +108,98 @@ where
         let Some(key) = key else {
             return ResponseFuture::passthrough(self.inner.call(request));
         };
-
-        if let Access::Read = access {
-            // The version is taken before forwarding: a write that lands meanwhile makes the
-            // stamp older than the data, never newer.
-            let now = self.table.now();
-            let version = self.table.current(&key, now);
-            let since = date::parse_date_header(request.headers(), &IF_MODIFIED_SINCE);
-            if since.is_some_and(|date| version.is_validated_by(date)) {
-                return ResponseFuture::answered(Answer::not_modified(version, now));
-            }
-            return ResponseFuture::read(self.inner.call(request), version, self.table.clone());
+        match access {
+            Access::Read => self.read(request, key),
+            _ => self.write(request, key),
         }
+    }
+}
 
+impl<S, K: ExtractKey> Conditional<S, K> {
+    fn read<ReqBody>(
+        &mut self,
+        mut request: Request<ReqBody>,
+        key: K::Key,
+    ) -> ResponseFuture<S, ReqBody, K::Key>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        // The version is taken before forwarding: a write that lands meanwhile makes the stamp
+        // older than the data, never newer.
+        let now = self.table.now();
+        let snapshot = self.table.current(&key, now);
+        let version = snapshot.version;
+        let tag = self.table.tag(version);
+        let if_exists = match Conditions::parse(request.headers(), tag)
+            .verdict(false, version, false)
+        {
+            Verdict::Decided(Decision::Forward) => None,
+            Verdict::Decided(Decision::NotModified) => {
+                return ResponseFuture::answered(Answer::not_modified(snapshot, tag, now));
+            }
+            Verdict::Decided(_) => {
+                return ResponseFuture::answered(Answer::precondition_failed(version, tag, now));
+            }
+            // A `*` on a resource whose existence is unknown: the response will tell.
+            Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
+        };
+        if precondition::range_must_be_dropped(request.method(), request.headers(), version, tag) {
+            request.headers_mut().remove(RANGE);
+        }
+        let read = ReadInFlight {
+            table: self.table.clone(),
+            key,
+            snapshot,
+            tag,
+            if_exists,
+        };
+        ResponseFuture::read(self.inner.call(request), read)
+    }
+
+    fn write<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        key: K::Key,
+    ) -> ResponseFuture<S, ReqBody, K::Key>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Send + 'static,
+    {
         let lock = self.table.write_lock(&key);
-        match lock.clone().try_lock_owned() {
-            Ok(guard) => ResponseFuture::write(&mut self.inner, request, key, guard, &self.table),
-            Err(_) => {
-                // The call happens after an await: take the service that was readied and leave
-                // a clone in its place (tower-service, "Be careful when cloning inner services").
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                let pending = PendingWrite {
-                    inner,
-                    request,
-                    key,
-                    table: self.table.clone(),
-                };
-                ResponseFuture::locking(Box::pin(lock.lock_owned()), pending)
-            }
-        }
+        let lock = match lock.clone().try_lock_owned() {
+            // Uncontended, and decidable without asking the inner service: no boxing.
+            Ok(guard) => match write::evaluate(
+                request.headers(),
+                &key,
+                &self.table,
+                self.require_precondition,
+            ) {
+                Step::Answer(answer) => return ResponseFuture::answered(answer),
+                Step::Forward => {
+                    let prepared =
+                        write::forward(&mut self.inner, request, key, guard, self.table.clone());
+                    return ResponseFuture::prepared(prepared);
+                }
+                Step::Probe => Lock::Held(guard),
+            },
+            Err(_) => Lock::Wait(lock),
+        };
+        // The call happens after an await: take the service that was readied and leave a clone
+        // in its place (tower-service, "Be careful when cloning inner services").
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let table = self.table.clone();
+        ResponseFuture::preparing(Box::pin(write::prepare(
+            inner,
+            request,
+            key,
+            lock,
+            table,
+            self.require_precondition,
+        )))
     }
 }
 
@@ -134,6 +209,7 @@ impl<S: Clone, K: ExtractKey + Clone> Clone for Conditional<S, K> {
             inner: self.inner.clone(),
             extract_key: self.extract_key.clone(),
             table: self.table.clone(),
+            require_precondition: self.require_precondition,
         }
     }
 }

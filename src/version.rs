@@ -14,6 +14,16 @@ pub(crate) struct Version {
     pub(crate) modified: u64,
     /// Another version (possibly an unknown one) may carry the same `modified`.
     pub(crate) ambiguous: bool,
+    /// Whether this version has a current representation, as far as the layer has seen.
+    pub(crate) exists: Existence,
+}
+
+/// Whether a resource has a current representation (RFC 9110 §13.1.1: what `*` matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existence {
+    Unknown,
+    Exists,
+    Absent,
 }
 
 impl Version {
@@ -24,6 +34,7 @@ impl Version {
             counter: 0,
             modified: floor,
             ambiguous: true,
+            exists: Existence::Unknown,
         }
     }
 
@@ -36,14 +47,16 @@ impl Version {
         })
     }
 
-    /// The version a write at `now` produces. The date never goes backward, even if the clock
-    /// does; a date it shares with this version makes it ambiguous.
-    pub(crate) fn next(self, now: u64) -> Self {
+    /// The version a write at `now` produces, leaving the resource as `exists` says. The date
+    /// never goes backward, even if the clock does; a date it shares with this version makes it
+    /// ambiguous.
+    pub(crate) fn next(self, now: u64, exists: Existence) -> Self {
         let modified = now.max(self.modified);
         Self {
             counter: self.counter + 1,
             modified,
             ambiguous: modified == self.modified,
+            exists,
         }
     }
 
@@ -72,9 +85,9 @@ mod tests {
     #[test]
     fn two_writes_in_one_second_share_an_ambiguous_date() {
         let v = Version::unknown(100).redated(101).unwrap();
-        let a = v.next(102);
+        let a = v.next(102, Existence::Exists);
         assert!(a.is_validated_by(102));
-        let b = a.next(102);
+        let b = a.next(102, Existence::Exists);
         assert_eq!(b.modified, 102);
         assert!(b.ambiguous);
         assert!(!b.is_validated_by(102));
@@ -86,7 +99,7 @@ mod tests {
     #[test]
     fn dates_never_go_backward_when_the_clock_does() {
         let v = Version::unknown(100).redated(200).unwrap();
-        let w = v.next(150);
+        let w = v.next(150, Existence::Exists);
         assert_eq!(w.modified, 200);
         assert!(w.ambiguous);
         assert!(w.counter > v.counter);

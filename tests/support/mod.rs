@@ -264,10 +264,14 @@ where
     Reply::from_response(res).await
 }
 
+/// The request body `serve` hands to its service: hyper's, boxed, since the layer needs a
+/// body type with a `Default` (for the requests that probe whether a resource exists).
+pub type ServedBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
 /// Serves `service` on 127.0.0.1 with a port the OS picks, until the test's runtime ends.
 pub async fn serve<S, B>(service: S) -> SocketAddr
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<ServedBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -281,7 +285,10 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let service = TowerToHyperService::new(service.clone());
+            let service = service
+                .clone()
+                .map_request(|req: Request<Incoming>| req.map(ServedBody::new));
+            let service = TowerToHyperService::new(service);
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

@@ -1,0 +1,234 @@
+//! RFC 9110 §13.2.2: which precondition decides a request, in which order, and what it decides.
+
+use http::{
+    header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, RANGE},
+    HeaderMap, Method,
+};
+
+use crate::{
+    date,
+    etag::{IfRange, Tag, TagCondition},
+    version::{Existence, Version},
+};
+
+/// What the layer does with a request once its preconditions are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Every precondition holds (or there is none): forward it.
+    Forward,
+    /// `304 Not Modified`.
+    NotModified,
+    /// `412 Precondition Failed`.
+    PreconditionFailed,
+    /// `428 Precondition Required` (RFC 6585 §3), when the layer requires preconditions.
+    PreconditionRequired,
+    /// `400 Bad Request`: a malformed condition on a write, which must not be ignored.
+    BadRequest(&'static str),
+}
+
+/// The decision, or the two decisions that depend on whether the resource exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Decided(Decision),
+    DependsOnExistence { exists: Decision, absent: Decision },
+}
+
+/// The conditional fields of one request, compared with the current version's tag.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conditions {
+    if_match: TagCondition,
+    if_unmodified_since: Option<u64>,
+    if_none_match: TagCondition,
+    if_modified_since: Option<u64>,
+}
+
+impl Conditions {
+    pub(crate) fn parse(headers: &HeaderMap, current: Tag) -> Self {
+        Self {
+            if_match: TagCondition::parse(headers, &IF_MATCH, current),
+            if_unmodified_since: date::parse_date_header(headers, &IF_UNMODIFIED_SINCE),
+            if_none_match: TagCondition::parse(headers, &IF_NONE_MATCH, current),
+            if_modified_since: date::parse_date_header(headers, &IF_MODIFIED_SINCE),
+        }
+    }
+
+    /// Evaluates the conditions of a read (`write == false`) or a write against `version`.
+    /// With `require_precondition`, a write that carries none gets 428.
+    pub(crate) fn verdict(
+        &self,
+        write: bool,
+        version: Version,
+        require_precondition: bool,
+    ) -> Verdict {
+        let decide = |exists| self.decide(write, version, exists, require_precondition);
+        match version.exists {
+            Existence::Exists => Verdict::Decided(decide(true)),
+            Existence::Absent => Verdict::Decided(decide(false)),
+            Existence::Unknown => match (decide(true), decide(false)) {
+                (exists, absent) if exists == absent => Verdict::Decided(exists),
+                (exists, absent) => Verdict::DependsOnExistence { exists, absent },
+            },
+        }
+    }
+
+    fn decide(
+        &self,
+        write: bool,
+        version: Version,
+        exists: bool,
+        require_precondition: bool,
+    ) -> Decision {
+        use Decision::*;
+        // Step 1: If-Match, strong comparison; `*` means the resource exists (§13.1.1).
+        // Step 2: else If-Unmodified-Since (§13.1.4), exact match against an unshared date.
+        match self.if_match {
+            TagCondition::Malformed if write => return BadRequest(MALFORMED_IF_MATCH),
+            TagCondition::Any if !exists => return PreconditionFailed,
+            TagCondition::List { strong_match, .. } if !(strong_match && exists) => {
+                return PreconditionFailed;
+            }
+            TagCondition::Any | TagCondition::List { .. } => {}
+            TagCondition::Absent | TagCondition::Malformed => {
+                if self
+                    .if_unmodified_since
+                    .is_some_and(|date| !version.is_validated_by(date))
+                {
+                    return PreconditionFailed;
+                }
+            }
+        }
+        // Step 3: If-None-Match, weak comparison; a match is 304 for GET/HEAD, 412 otherwise.
+        // Step 4: else If-Modified-Since, for GET/HEAD only.
+        let none_match_fails = match self.if_none_match {
+            TagCondition::Malformed if write => return BadRequest(MALFORMED_IF_NONE_MATCH),
+            TagCondition::Any => exists,
+            TagCondition::List { weak_match, .. } => weak_match && exists,
+            TagCondition::Absent | TagCondition::Malformed => {
+                !write
+                    && self
+                        .if_modified_since
+                        .is_some_and(|date| version.is_validated_by(date))
+            }
+        };
+        if none_match_fails {
+            return if write {
+                PreconditionFailed
+            } else {
+                NotModified
+            };
+        }
+        if write && require_precondition && !self.has_write_precondition() {
+            return PreconditionRequired;
+        }
+        Forward
+    }
+
+    /// Whether a write carries a precondition the layer can evaluate (an invalid date is none).
+    fn has_write_precondition(&self) -> bool {
+        !matches!(self.if_match, TagCondition::Absent)
+            || self.if_unmodified_since.is_some()
+            || !matches!(self.if_none_match, TagCondition::Absent)
+    }
+}
+
+const MALFORMED_IF_MATCH: &str =
+    "400 Bad Request: If-Match must be * or a comma-separated list of \
+entity-tags such as \"abc.1\" (quotes included).\n";
+const MALFORMED_IF_NONE_MATCH: &str =
+    "400 Bad Request: If-None-Match must be * or a comma-separated \
+list of entity-tags such as \"abc.1\" (quotes included).\n";
+
+/// Step 5: a `GET` whose `If-Range` does not name the current version is served in full, so
+/// its `Range` must not reach the inner service (§13.1.5). `If-Range` without `Range`, or on
+/// another method, is ignored.
+pub(crate) fn range_must_be_dropped(
+    method: &Method,
+    headers: &HeaderMap,
+    version: Version,
+    current: Tag,
+) -> bool {
+    if method != Method::GET || !headers.contains_key(RANGE) {
+        return false;
+    }
+    match IfRange::parse(headers, current) {
+        IfRange::Absent | IfRange::StrongMatch => false,
+        IfRange::Date(date) => !version.is_validated_by(date),
+        IfRange::NoMatch => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    const TAG: Tag = Tag {
+        instance: 1,
+        counter: 7,
+    };
+
+    fn version(exists: Existence) -> Version {
+        Version {
+            counter: 7,
+            modified: 1000,
+            ambiguous: false,
+            exists,
+        }
+    }
+
+    fn conditions(pairs: &[(&str, &str)]) -> Conditions {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        Conditions::parse(&headers, TAG)
+    }
+
+    #[test]
+    fn star_with_unknown_existence_depends_on_it() {
+        let verdict =
+            conditions(&[("if-none-match", "*")]).verdict(true, version(Existence::Unknown), false);
+        assert_eq!(
+            verdict,
+            Verdict::DependsOnExistence {
+                exists: Decision::PreconditionFailed,
+                absent: Decision::Forward
+            }
+        );
+        let verdict = conditions(&[("if-match", "\"1.7\"")]).verdict(
+            true,
+            version(Existence::Unknown),
+            false,
+        );
+        assert_eq!(
+            verdict,
+            Verdict::DependsOnExistence {
+                exists: Decision::Forward,
+                absent: Decision::PreconditionFailed
+            }
+        );
+        let verdict = conditions(&[]).verdict(true, version(Existence::Unknown), false);
+        assert_eq!(verdict, Verdict::Decided(Decision::Forward));
+    }
+
+    #[test]
+    fn an_invalid_date_is_no_precondition_for_428() {
+        let c = conditions(&[("if-unmodified-since", "yesterday")]);
+        assert_eq!(
+            c.verdict(true, version(Existence::Exists), true),
+            Verdict::Decided(Decision::PreconditionRequired)
+        );
+        assert_eq!(
+            c.verdict(true, version(Existence::Exists), false),
+            Verdict::Decided(Decision::Forward)
+        );
+        assert_eq!(
+            c.verdict(false, version(Existence::Exists), true),
+            Verdict::Decided(Decision::Forward)
+        );
+    }
+}
