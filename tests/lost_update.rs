@@ -20,6 +20,34 @@ const CLIENTS: usize = 32;
 const INCREMENTS: usize = 50;
 const PATH: &str = "/api/storage";
 
+/// Which validator the clients hold: the design note's dates, ETags, or half of each.
+#[derive(Clone, Copy, Debug)]
+enum Validators {
+    Dates,
+    ETags,
+    Mixed,
+}
+
+impl Validators {
+    /// The (response header, read precondition, write precondition) client `index` uses.
+    fn for_client(self, index: usize) -> (http::HeaderName, &'static str, &'static str) {
+        let etag = match self {
+            Validators::Dates => false,
+            Validators::ETags => true,
+            Validators::Mixed => index % 2 == 1,
+        };
+        if etag {
+            (http::header::ETAG, "if-none-match", "if-match")
+        } else {
+            (
+                http::header::LAST_MODIFIED,
+                "if-modified-since",
+                "if-unmodified-since",
+            )
+        }
+    }
+}
+
 /// What one workload run saw.
 struct Outcome {
     successful_writes: usize,
@@ -30,18 +58,21 @@ struct Outcome {
 /// Each client syncs, then saves `value + 1` with `If-Unmodified-Since`; on 412 it re-syncs and
 /// re-applies its increment, as the design note's client does. On every 412 the test clock moves
 /// one second on, so dates shared by writes in one second get re-dated and the run ends.
-async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
+async fn run(client: HttpClient, clock: Option<ManualClock>, validators: Validators) -> Outcome {
     let successes = Arc::new(AtomicUsize::new(0));
     let rejections = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
+    for index in 0..CLIENTS {
         let (client, clock) = (client.clone(), clock.clone());
         let (successes, rejections) = (successes.clone(), rejections.clone());
+        let validator = validators.for_client(index);
         tasks.push(tokio::spawn(async move {
-            let (mut value, mut modified) = sync(&client, None).await;
+            let (validator_header, read_condition, write_condition) = validator;
+            let (mut value, mut modified) =
+                sync(&client, None, &validator_header, read_condition).await;
             for _ in 0..INCREMENTS {
                 loop {
-                    let precondition = modified.as_deref().map(|m| ("if-unmodified-since", m));
+                    let precondition = modified.as_deref().map(|m| (write_condition, m));
                     let headers: Vec<_> = precondition.into_iter().collect();
                     let body = (value + 1).to_string();
                     let save = client.send(Method::POST, PATH, &headers, &body).await;
@@ -49,7 +80,7 @@ async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
                         StatusCode::OK => {
                             successes.fetch_add(1, Ordering::SeqCst);
                             value += 1;
-                            modified = save.last_modified().map(str::to_owned);
+                            modified = save.header(validator_header.clone()).map(str::to_owned);
                             break;
                         }
                         StatusCode::PRECONDITION_FAILED => {
@@ -57,7 +88,9 @@ async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
                             if let Some(clock) = &clock {
                                 clock.advance(SECOND);
                             }
-                            (value, modified) = sync(&client, Some((value, modified))).await;
+                            let held = Some((value, modified));
+                            (value, modified) =
+                                sync(&client, held, &validator_header, read_condition).await;
                         }
                         other => panic!("unexpected {other} for a save"),
                     }
@@ -68,7 +101,9 @@ async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
     for task in tasks {
         task.await.unwrap();
     }
-    let final_value = sync(&client, None).await.0;
+    let final_value = sync(&client, None, &http::header::ETAG, "if-none-match")
+        .await
+        .0;
     Outcome {
         successful_writes: successes.load(Ordering::SeqCst),
         final_value,
@@ -80,17 +115,16 @@ async fn run(client: HttpClient, clock: Option<ManualClock>) -> Outcome {
 async fn sync(
     client: &HttpClient,
     held: Option<(usize, Option<String>)>,
+    validator_header: &http::HeaderName,
+    read_condition: &str,
 ) -> (usize, Option<String>) {
     let since = held.as_ref().and_then(|(_, m)| m.as_deref());
-    let headers: Vec<_> = since
-        .map(|m| ("if-modified-since", m))
-        .into_iter()
-        .collect();
+    let headers: Vec<_> = since.map(|m| (read_condition, m)).into_iter().collect();
     let res = client.send(Method::GET, PATH, &headers, "").await;
     match res.status {
         StatusCode::OK => (
             res.text().parse().unwrap(),
-            res.last_modified().map(str::to_owned),
+            res.header(validator_header.clone()).map(str::to_owned),
         ),
         StatusCode::NOT_MODIFIED => held.expect("304 only answers a client holding a version"),
         other => panic!("unexpected {other} for a sync"),
@@ -104,20 +138,20 @@ async fn seeded_backend() -> Backend {
     backend
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_increments_through_the_layer_lose_nothing() {
+async fn through_the_layer(validators: Validators) -> Outcome {
     let backend = seeded_backend().await;
     let clock = support::manual_clock();
     let layer = ConditionalLayer::new().clock(clock.clone());
     let addr = support::serve(layer.layer(backend.service())).await;
+    let run = run(HttpClient::new(addr), Some(clock), validators);
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the workload finishes");
+    assert_eq!(backend.doc(PATH).unwrap(), outcome.final_value.to_string());
+    outcome
+}
 
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(120),
-        run(HttpClient::new(addr), Some(clock)),
-    )
-    .await
-    .expect("the workload finishes");
-
+fn assert_nothing_lost(outcome: &Outcome) {
     assert_eq!(outcome.successful_writes, CLIENTS * INCREMENTS);
     assert_eq!(
         outcome.final_value, outcome.successful_writes,
@@ -130,13 +164,31 @@ async fn concurrent_increments_through_the_layer_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_through_the_layer_lose_nothing() {
+    assert_nothing_lost(&through_the_layer(Validators::Dates).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_clients_lose_nothing() {
+    assert_nothing_lost(&through_the_layer(Validators::ETags).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_and_etag_clients_on_one_resource_lose_nothing() {
+    assert_nothing_lost(&through_the_layer(Validators::Mixed).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_workload_without_the_layer_loses_updates() {
     let backend = seeded_backend().await;
     let addr = support::serve(backend.service()).await;
 
-    let outcome = tokio::time::timeout(Duration::from_secs(120), run(HttpClient::new(addr), None))
-        .await
-        .expect("the workload finishes");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(HttpClient::new(addr), None, Validators::Dates),
+    )
+    .await
+    .expect("the workload finishes");
 
     assert_eq!(outcome.successful_writes, CLIENTS * INCREMENTS);
     assert!(

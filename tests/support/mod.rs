@@ -49,6 +49,7 @@ pub const SECOND: Duration = Duration::from_secs(1);
 pub const HOLD: &str = "x-test-hold"; // announce arrival, then wait for `Backend::release`
 pub const STATUS: &str = "x-test-status"; // answer with this status and store nothing
 pub const FAIL: &str = "x-test-fail"; // return a service error
+pub const SAW_RANGE: &str = "x-test-saw-range"; // set on a GET response when `Range` reached the backend
 
 /// A storage backend with no concurrency control of its own: GET returns a path's document,
 /// POST/PUT/PATCH store the request body (reading the old one first and yielding between the
@@ -62,6 +63,7 @@ pub struct Backend {
 struct State {
     docs: Mutex<HashMap<String, Bytes>>,
     hits: AtomicUsize,
+    methods: Mutex<Vec<Method>>,
     gate: Gate,
 }
 
@@ -90,6 +92,11 @@ impl Backend {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    /// The methods of the requests that reached the backend, oldest first.
+    pub fn methods(&self) -> Vec<Method> {
+        self.state.methods.lock().unwrap().clone()
+    }
+
     pub fn doc(&self, path: &str) -> Option<Bytes> {
         self.state.docs.lock().unwrap().get(path).cloned()
     }
@@ -116,6 +123,7 @@ impl Backend {
     {
         let state = &self.state;
         state.hits.fetch_add(1, Ordering::SeqCst);
+        state.methods.lock().unwrap().push(req.method().clone());
         let (parts, body) = req.into_parts();
         if parts.headers.contains_key(HOLD) {
             state.gate.arrived_tx.send(()).unwrap();
@@ -132,7 +140,19 @@ impl Backend {
         let body = body.collect().await.expect("request body").to_bytes();
         let mut res = match parts.method {
             Method::GET | Method::HEAD => match state.docs.lock().unwrap().get(&path) {
-                Some(doc) => Response::new(Full::new(doc.clone())),
+                Some(doc) => {
+                    let mut res = Response::new(Full::new(doc.clone()));
+                    let headers = res.headers_mut();
+                    headers.insert(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("max-age=60"),
+                    );
+                    headers.insert(header::ETAG, HeaderValue::from_static("\"backend-tag\""));
+                    if parts.headers.contains_key(header::RANGE) {
+                        headers.insert(SAW_RANGE, HeaderValue::from_static("yes"));
+                    }
+                    res
+                }
                 None => reply(StatusCode::NOT_FOUND, "no such document"),
             },
             Method::POST | Method::PUT | Method::PATCH => {
