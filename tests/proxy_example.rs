@@ -11,25 +11,30 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// The example's binary, built by `cargo test` beside the test binaries (built here if not).
+/// The example's binary, (re)built once per run so a stale one is never tested.
 fn proxy_binary() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let binary = dir
-        .join("examples")
-        .join(format!("proxy{}", std::env::consts::EXE_SUFFIX));
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "proxy"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the proxy example");
-    }
-    binary
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut dir = std::env::current_exe().unwrap();
+            dir.pop(); // the test binary
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.args(["build", "--quiet", "--example", "proxy"]);
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            assert!(
+                build.status().unwrap().success(),
+                "building the proxy example"
+            );
+            dir.join("examples")
+                .join(format!("proxy{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
 
 /// Starts the proxy on a free port and returns it with the address it printed.
@@ -149,4 +154,29 @@ async fn an_unreachable_upstream_gives_502_not_a_hang() {
     assert!(res.text().contains("upstream"), "{}", res.text());
     let res = client.send(Method::POST, "/api/storage", &[], "x").await;
     assert_eq!(res.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn require_precondition_refuses_blind_writes_with_428() {
+    let (_proxy, addr) = start_proxy(&["--require-precondition"]).await;
+    let client = HttpClient::new(addr);
+    let blind = client.send(Method::POST, "/api/storage", &[], "{}").await;
+    assert_eq!(blind.status, StatusCode::PRECONDITION_REQUIRED);
+    assert!(blind.text().contains("If-Match"), "{}", blind.text());
+
+    let read = client.send(Method::GET, "/api/storage", &[], "").await;
+    let tag = read
+        .header(http::header::ETAG)
+        .expect("an ETag on a read")
+        .to_owned();
+    let save = client
+        .send(
+            Method::POST,
+            "/api/storage",
+            &[("if-match", &tag)],
+            "{\"content\":\"ok\"}",
+        )
+        .await;
+    assert_eq!(save.status, StatusCode::OK);
+    assert_ne!(save.header(http::header::ETAG), Some(tag.as_str()));
 }
