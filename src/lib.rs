@@ -1,13 +1,18 @@
 //! Optimistic locking for any HTTP service, with standard conditional requests.
 //!
 //! [`ConditionalLayer`] sits in front of a storage service that has no concurrency control of
-//! its own and keeps a version for every resource it sees. It is the only clock: it issues each
-//! version's `Last-Modified`, and answers, **before the request reaches the inner service**:
+//! its own and keeps a version for every resource it sees: a strong `ETag` and a
+//! `Last-Modified`. It is the only clock. It evaluates RFC 9110 preconditions (`If-Match`,
+//! `If-Unmodified-Since`, `If-None-Match`, `If-Modified-Since`, `If-Range`, in §13.2.2 order) and
+//! answers, **before the request reaches the inner service**:
 //!
-//! - a read (`GET`, `HEAD`) whose `If-Modified-Since` names the current version with
-//!   `304 Not Modified`;
-//! - a write (`POST`, `PUT`, `PATCH`, `DELETE`) whose `If-Unmodified-Since` does not name the
-//!   current version with `412 Precondition Failed`. A client re-reads and retries.
+//! - a read (`GET`, `HEAD`) that names the current version in `If-None-Match` or
+//!   `If-Modified-Since` with `304 Not Modified`;
+//! - a write (`POST`, `PUT`, `PATCH`, `DELETE`) whose `If-Match` or `If-Unmodified-Since` does
+//!   not name the current version (or whose `If-None-Match: *` finds the resource) with
+//!   `412 Precondition Failed`. A client re-reads and retries;
+//! - with [`ConditionalLayer::require_precondition`], a write with no precondition at all with
+//!   `428 Precondition Required`.
 //!
 //! A write is checked, forwarded and recorded under its resource's write lock, so two clients
 //! that read the same version cannot both write it: no update is lost. Writes to different
@@ -15,9 +20,10 @@
 //!
 //! Dates have one-second resolution. A date shared by two versions written in the same second
 //! is never accepted as a validator; once the clock has moved on, the current version is
-//! re-dated to a second of its own. A resource the layer has not seen since it started is dated
-//! at the layer's start and treated the same way, so clients that synced before a restart get
-//! `412` and re-sync instead of overwriting newer data.
+//! re-dated to a second of its own (its ETag stays). A resource the layer has not seen since it
+//! started is dated at the layer's start and treated the same way, and ETags carry a random
+//! per-start instance, so clients that synced before a restart get `412` and re-sync instead of
+//! overwriting newer data.
 //!
 //! # Example
 //!
@@ -61,18 +67,22 @@
 //!
 //! | request | layer's answer |
 //! |---|---|
-//! | `GET`/`HEAD` with `If-Modified-Since` equal to the current, unshared date | `304`, inner service not called |
-//! | other `GET`/`HEAD` | forwarded; a 2xx gets the `Last-Modified` of the version seen before forwarding |
-//! | write with `If-Unmodified-Since` not equal to the current, unshared date | `412`, inner service not called |
-//! | write with a matching or no `If-Unmodified-Since` | forwarded under the resource's lock |
-//! | forwarded write answered 2xx | version bumped, new `Last-Modified` on the response |
+//! | a precondition in §13.2.2 order fails on `GET`/`HEAD` | `304` (`If-None-Match`, `If-Modified-Since`) or `412` (`If-Match`, `If-Unmodified-Since`) |
+//! | a precondition fails on a write | `412` |
+//! | malformed `If-Match`/`If-None-Match` | ignored on reads, `400` on writes |
+//! | invalid or repeated date field | ignored (RFC 9110 §13.1.3, §13.1.4) |
+//! | `GET` with `Range` and a non-matching `If-Range` | forwarded without `Range` |
+//! | all preconditions hold | forwarded; a 2xx read is stamped with the version seen before forwarding |
+//! | forwarded write answered 2xx | version bumped, new `ETag`/`Last-Modified` on the response |
 //! | forwarded write answered 4xx | nothing changes |
 //! | forwarded write answered 1xx/3xx/5xx, failed, or dropped | version bumped: the outcome is unknown |
-//! | invalid or repeated date header | ignored (RFC 9110 §13.1.3, §13.1.4) |
 //! | any other method, or a key function returning `None` | passed through untouched |
 //!
-//! Every response the layer stamps or answers carries a `Date` from the same clock, never
-//! earlier than its `Last-Modified`.
+//! Dates are matched exactly. `*` tests whether the resource exists, which the layer learns
+//! from responses; when it does not know and a write depends on it, it asks the inner service
+//! (`HEAD`, else `GET`) under the resource's lock, which is why the request body type must
+//! implement `Default`. Every response the layer answers or stamps carries a `Date` from its
+//! clock, never earlier than its `Last-Modified`. The README has the full table.
 
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
