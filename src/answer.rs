@@ -30,6 +30,9 @@ const PRECONDITION_REQUIRED: &str = "428 Precondition Required: this server refu
 overwrites. Read the resource first and send its ETag in If-Match (or its Last-Modified in \
 If-Unmodified-Since), or If-None-Match: * to create it only if it does not exist.\n";
 
+const WRITE_TIMED_OUT: &str = "504 Gateway Timeout: the write took too long; its outcome is \
+unknown. Re-read the resource before retrying.\n";
+
 impl Answer {
     pub(crate) fn not_modified(snapshot: Snapshot, tag: Tag, now: u64) -> Self {
         Self {
@@ -59,15 +62,15 @@ impl Answer {
         )
     }
 
-    pub(crate) fn bad_request(body: &'static str, now: u64) -> Self {
-        Self::plain(StatusCode::BAD_REQUEST, body, now)
-    }
-
     pub(crate) fn service_unavailable(body: &'static str, now: u64) -> Self {
         Self::plain(StatusCode::SERVICE_UNAVAILABLE, body, now)
     }
 
-    fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
+    pub(crate) fn write_timed_out(now: u64) -> Self {
+        Self::plain(StatusCode::GATEWAY_TIMEOUT, WRITE_TIMED_OUT, now)
+    }
+
+    pub(crate) fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
         Self {
             status,
             body,

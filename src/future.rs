@@ -10,8 +10,9 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use crate::{
@@ -21,17 +22,18 @@ use crate::{
     precondition::Decision,
     table::{Snapshot, VersionTable},
     version::Existence,
-    write::{Prepared, WriteInFlight},
+    write::{Outcome, Prepared},
 };
 
-pub(crate) type PrepareFuture<F, E, Key> =
-    Pin<Box<dyn Future<Output = Result<Prepared<F, Key>, E>> + Send>>;
+pub(crate) type PrepareFuture<R, E> =
+    Pin<Box<dyn Future<Output = Result<Prepared<R, E>, E>> + Send>>;
 
 pin_project! {
     /// Response future of [`Conditional`](crate::Conditional).
     ///
-    /// Reads and uncontended writes are polled in place; only a write that has to wait for its
-    /// resource's lock, or to ask the inner service whether the resource exists, is boxed.
+    /// Reads are polled in place. A write is prepared in a boxed future (its body read, its lock
+    /// taken, its preconditions decided), then forwarded in a task of its own, whose answer
+    /// this future waits for.
     pub struct ResponseFuture<S, ReqBody, Key>
     where
         S: Service<Request<ReqBody>>,
@@ -59,10 +61,10 @@ pin_project! {
         Read { #[pin] future: S::Future, read: Option<ReadInFlight<Key>> },
         // Answered without the inner service.
         Answered { answer: Option<Answer> },
-        // A write waiting for its lock or for a probe of the resource's existence.
-        Preparing { future: PrepareFuture<S::Future, S::Error, Key> },
-        // A write forwarded under its resource's lock.
-        Write { #[pin] future: S::Future, in_flight: Option<WriteInFlight<Key>> },
+        // A write being read, waiting for its lock, or probing whether the resource exists.
+        Preparing { future: PrepareFuture<S::Response, S::Error> },
+        // A write forwarded under its resource's lock, in a task of its own.
+        Write { outcome: oneshot::Receiver<Outcome<S::Response, S::Error>> },
     }
 }
 
@@ -88,12 +90,8 @@ where
         })
     }
 
-    pub(crate) fn preparing(future: PrepareFuture<S::Future, S::Error, Key>) -> Self {
+    pub(crate) fn preparing(future: PrepareFuture<S::Response, S::Error>) -> Self {
         Self::from(Kind::Preparing { future })
-    }
-
-    pub(crate) fn prepared(prepared: Prepared<S::Future, Key>) -> Self {
-        Self::from(Kind::prepared(prepared))
     }
 
     fn from(kind: Kind<S, ReqBody, Key>) -> Self {
@@ -106,15 +104,12 @@ where
     S: Service<Request<ReqBody>>,
     Key: Hash + Eq + Clone,
 {
-    fn prepared(prepared: Prepared<S::Future, Key>) -> Self {
+    fn prepared(prepared: Prepared<S::Response, S::Error>) -> Self {
         match prepared {
             Prepared::Answer(answer) => Kind::Answered {
                 answer: Some(answer),
             },
-            Prepared::Forward(future, in_flight) => Kind::Write {
-                future,
-                in_flight: Some(in_flight),
-            },
+            Prepared::Forwarded(outcome) => Kind::Write { outcome },
         }
     }
 }
@@ -146,11 +141,22 @@ where
                     let prepared = ready!(future.as_mut().poll(cx))?;
                     kind.set(Kind::prepared(prepared));
                 }
-                KindProj::Write { future, in_flight } => {
-                    let result = ready!(future.poll(cx));
-                    let in_flight = in_flight.take().expect("future polled after completion");
-                    // On `Err` the write is dropped unsettled: the outcome is unknown, so it bumps.
-                    return Poll::Ready(result.map(|res| in_flight.settle(res)));
+                KindProj::Write { outcome } => {
+                    return Poll::Ready(match ready!(Pin::new(outcome).poll(cx)) {
+                        Ok(Outcome::Response(result)) => {
+                            result.map(|res| res.map(ResponseBody::inner))
+                        }
+                        Ok(Outcome::TimedOut { now }) => {
+                            Ok(Answer::write_timed_out(now).into_response())
+                        }
+                        // The task ended without a word: only when its runtime shuts down.
+                        Err(_) => {
+                            Ok(
+                                Answer::plain(StatusCode::SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN, 0)
+                                    .into_response(),
+                            )
+                        }
+                    });
                 }
             }
         }
@@ -175,6 +181,9 @@ where
             .finish()
     }
 }
+
+const OUTCOME_UNKNOWN: &str = "503 Service Unavailable: the server is shutting down and the \
+outcome of this write is unknown. Re-read the resource before retrying.\n";
 
 /// A forwarded read: the version it saw before forwarding, and what to decide from the
 /// response when a `*` precondition depended on whether the resource exists.

@@ -1,6 +1,6 @@
 //! [`ConditionalLayer`]: configuration, and the version table its services share.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
@@ -9,6 +9,7 @@ use crate::{
     key::{ExtractKey, PathKey},
     service::Conditional,
     table::VersionTable,
+    write::Config,
 };
 
 /// Layer that applies [`Conditional`]: optimistic locking with HTTP dates.
@@ -22,7 +23,7 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey> {
     extract_key: K,
     clock: Arc<dyn Clock>,
     table: Arc<VersionTable<K::Key>>,
-    require_precondition: bool,
+    config: Config,
 }
 
 impl ConditionalLayer {
@@ -33,7 +34,7 @@ impl ConditionalLayer {
             extract_key: PathKey,
             table: Arc::new(VersionTable::new(clock.clone())),
             clock,
-            require_precondition: false,
+            config: Config::default(),
         }
     }
 }
@@ -60,7 +61,35 @@ impl<K: ExtractKey> ConditionalLayer<K> {
     /// `If-Unmodified-Since` is answered `428 Precondition Required` (RFC 6585 §3): no blind
     /// overwrites. Off by default.
     pub fn require_precondition(mut self, require: bool) -> Self {
-        self.require_precondition = require;
+        self.config.require_precondition = require;
+        self
+    }
+
+    /// The largest write body the layer reads before locking the resource; a larger one gets
+    /// `413 Content Too Large`. Default 8 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.config.max_body = bytes;
+        self
+    }
+
+    /// How long a write waits for its resource's lock before it gets `503 Service Unavailable`
+    /// with `Retry-After`. Default 10 s.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.config.lock_timeout = timeout;
+        self
+    }
+
+    /// How long a forwarded write may take before its client gets `504 Gateway Timeout`.
+    /// Default 30 s. The write keeps running until then even if its client leaves.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long a resource stays locked after a write timed out (here, or upstream with a
+    /// `504`), in case the backend applies it late. Default 5 s.
+    pub fn timeout_grace(mut self, grace: Duration) -> Self {
+        self.config.timeout_grace = grace;
         self
     }
 
@@ -71,7 +100,7 @@ impl<K: ExtractKey> ConditionalLayer<K> {
             table: Arc::new(VersionTable::new(self.clock.clone())),
             clock: self.clock,
             extract_key,
-            require_precondition: self.require_precondition,
+            config: self.config,
         }
     }
 
@@ -89,7 +118,7 @@ impl<S, K: ExtractKey + Clone> Layer<S> for ConditionalLayer<K> {
             inner,
             self.extract_key.clone(),
             self.table.clone(),
-            self.require_precondition,
+            self.config,
         )
     }
 }
@@ -100,7 +129,7 @@ impl<K: ExtractKey + Clone> Clone for ConditionalLayer<K> {
             extract_key: self.extract_key.clone(),
             clock: self.clock.clone(),
             table: self.table.clone(),
-            require_precondition: self.require_precondition,
+            config: self.config,
         }
     }
 }
@@ -109,7 +138,7 @@ impl<K: ExtractKey> fmt::Debug for ConditionalLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionalLayer")
             .field("tracked_resources", &self.table.len())
-            .field("require_precondition", &self.require_precondition)
+            .field("config", &self.config)
             .finish()
     }
 }

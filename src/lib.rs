@@ -97,6 +97,7 @@ mod future;
 pub mod key;
 mod layer;
 mod precondition;
+mod request_body;
 mod service;
 mod table;
 mod version;
@@ -104,5 +105,5 @@ mod write;
 
 pub use crate::{
     body::ResponseBody, future::ResponseFuture, key::ExtractKey, key::PathKey,
-    layer::ConditionalLayer, service::Conditional,
+    layer::ConditionalLayer, request_body::FromBytes, service::Conditional,
 };

@@ -15,8 +15,9 @@ use crate::{
     future::{ReadInFlight, ResponseFuture},
     key::{ExtractKey, PathKey},
     precondition::{self, Conditions, Decision, Verdict},
+    request_body::FromBytes,
     table::VersionTable,
-    write::{self, Lock, Step},
+    write::{self, Config},
 };
 
 /// Middleware that answers unchanged reads with `304 Not Modified` and stale writes with
@@ -27,7 +28,7 @@ pub struct Conditional<S, K: ExtractKey = PathKey> {
     inner: S,
     extract_key: K,
     table: Arc<VersionTable<K::Key>>,
-    require_precondition: bool,
+    config: Config,
 }
 
 /// What a request does to its resource.
@@ -54,13 +55,13 @@ impl<S, K: ExtractKey> Conditional<S, K> {
         inner: S,
         extract_key: K,
         table: Arc<VersionTable<K::Key>>,
-        require_precondition: bool,
+        config: Config,
     ) -> Self {
         Self {
             inner,
             extract_key,
             table,
-            require_precondition,
+            config,
         }
     }
 
@@ -85,7 +86,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Default + Send + 'static,
+    ReqBody: FromBytes + Send + 'static,
     ResBody: Send + 'static,
     K: ExtractKey,
 {
@@ -165,28 +166,9 @@ impl<S, K: ExtractKey> Conditional<S, K> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ReqBody: Default + Send + 'static,
+        ReqBody: FromBytes + Send + 'static,
         ResBody: Send + 'static,
     {
-        let lock = self.table.write_lock(&key);
-        let lock = match lock.clone().try_lock_owned() {
-            // Uncontended, and decidable without asking the inner service: no boxing.
-            Ok(guard) => match write::evaluate(
-                request.headers(),
-                &key,
-                &self.table,
-                self.require_precondition,
-            ) {
-                Step::Answer(answer) => return ResponseFuture::answered(answer),
-                Step::Forward => {
-                    let prepared =
-                        write::forward(&mut self.inner, request, key, guard, self.table.clone());
-                    return ResponseFuture::prepared(prepared);
-                }
-                Step::Probe => Lock::Held(guard),
-            },
-            Err(_) => Lock::Wait(lock),
-        };
         // The call happens after an await: take the service that was readied and leave a clone
         // in its place (tower-service, "Be careful when cloning inner services").
         let clone = self.inner.clone();
@@ -196,9 +178,8 @@ impl<S, K: ExtractKey> Conditional<S, K> {
             inner,
             request,
             key,
-            lock,
             table,
-            self.require_precondition,
+            self.config,
         )))
     }
 }
@@ -209,7 +190,7 @@ impl<S: Clone, K: ExtractKey + Clone> Clone for Conditional<S, K> {
             inner: self.inner.clone(),
             extract_key: self.extract_key.clone(),
             table: self.table.clone(),
-            require_precondition: self.require_precondition,
+            config: self.config,
         }
     }
 }

@@ -1,7 +1,20 @@
-//! Writes: evaluated, forwarded and recorded under their resource's write lock.
+//! Writes: buffered, then evaluated, forwarded and recorded under their resource's write lock.
+//!
+//! A write goes through these steps, in the request's own future until it is forwarded:
+//!
+//! 1. its body is read in full (up to [`Config::max_body`]) **before** the lock is taken, so a
+//!    slow upload never holds the resource;
+//! 2. the resource's lock is taken, waiting at most [`Config::lock_timeout`] (else `503`);
+//! 3. the preconditions are decided, asking the inner service whether the resource exists if
+//!    a `*` needs it;
+//! 4. the write is forwarded in a task of its own, which runs to the inner service's answer (or
+//!    [`Config::write_timeout`]) even if the client leaves, then records the outcome and releases
+//!    the lock. Otherwise the next writer could be forwarded while the backend still applies an
+//!    abandoned write, and one of the two would be lost.
 
-use std::{future::poll_fn, hash::Hash, sync::Arc};
+use std::{future::poll_fn, future::Future, hash::Hash, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{
     header::{
         CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
@@ -9,25 +22,189 @@ use http::{
     },
     HeaderMap, Method, Request, Response, StatusCode,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::{oneshot, OwnedMutexGuard};
 use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
-    body::ResponseBody,
     precondition::{Conditions, Decision, Verdict},
+    request_body::FromBytes,
     table::VersionTable,
     version::Existence,
 };
 
-/// A write once its lock is held and its preconditions are decided.
-pub(crate) enum Prepared<F, Key: Hash + Eq + Clone> {
+/// The limits a layer puts on writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) require_precondition: bool,
+    /// The largest write body read before the lock is taken; a larger one gets 413.
+    pub(crate) max_body: usize,
+    /// How long a write waits for its resource's lock before it gets 503.
+    pub(crate) lock_timeout: Duration,
+    /// How long a forwarded write may take before the client gets 504.
+    pub(crate) write_timeout: Duration,
+    /// How long a resource stays locked after a write timed out (here or upstream, 504).
+    pub(crate) timeout_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            require_precondition: false,
+            max_body: 8 * 1024 * 1024,
+            lock_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            timeout_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What became of a write once it was prepared.
+pub(crate) enum Prepared<R, E> {
     Answer(Answer),
-    Forward(F, WriteInFlight<Key>),
+    Forwarded(oneshot::Receiver<Outcome<R, E>>),
+}
+
+/// What the task running a forwarded write reports.
+pub(crate) enum Outcome<R, E> {
+    Response(Result<R, E>),
+    TimedOut { now: u64 },
+}
+
+const BODY_TOO_LARGE: &str = "413 Content Too Large: write bodies are read in full before the \
+resource is locked, and this one is over the limit.\n";
+const BODY_UNREADABLE: &str = "400 Bad Request: the request body could not be read.\n";
+const LOCK_BUSY: &str = "503 Service Unavailable: another write to this resource is taking too \
+long. Retry shortly.\n";
+const PROBE_INCONCLUSIVE: &str = "503 Service Unavailable: the precondition depends on whether \
+the resource exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n";
+
+/// Steps 1 to 4 for one write; `inner` has been readied for it.
+pub(crate) async fn prepare<S, ReqBody, ResBody, Key>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    key: Key,
+    table: Arc<VersionTable<Key>>,
+    config: Config,
+) -> Result<Prepared<S::Response, S::Error>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: FromBytes,
+    Key: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, config.max_body).await {
+        Ok(body) => body,
+        Err(body) => return Ok(Prepared::Answer(Answer::plain(body.0, body.1, table.now()))),
+    };
+    let request = Request::from_parts(parts, ReqBody::from_bytes(body));
+
+    let lock = table.write_lock(&key);
+    let guard = match lock.clone().try_lock_owned() {
+        Ok(guard) => guard,
+        Err(_) => match tokio::time::timeout(config.lock_timeout, lock.lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                let busy = Answer::service_unavailable(LOCK_BUSY, table.now());
+                return Ok(Prepared::Answer(busy));
+            }
+        },
+    };
+
+    let mut probed = false;
+    loop {
+        match evaluate(request.headers(), &key, &table, config.require_precondition) {
+            Step::Answer(answer) => return Ok(Prepared::Answer(answer)),
+            Step::Forward => break,
+            Step::Probe if probed => {
+                let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, table.now());
+                return Ok(Prepared::Answer(unsure));
+            }
+            Step::Probe => {
+                // Under the lock no write can change the answer between the probe and the decision.
+                let head = probe_request(Method::HEAD, &request);
+                let get = probe_request(Method::GET, &request);
+                let exists = probe(&mut inner, head, get).await?;
+                table.learn_existence(&key, exists);
+                probed = true;
+                poll_fn(|cx| inner.poll_ready(cx)).await?;
+            }
+        }
+    }
+
+    let on_success = match *request.method() {
+        Method::DELETE => Existence::Absent,
+        _ => Existence::Exists,
+    };
+    let in_flight = WriteInFlight {
+        table,
+        key,
+        on_success,
+        settled: false,
+        _lock: guard,
+    };
+    let (report, outcome) = oneshot::channel();
+    tokio::spawn(run(inner.call(request), in_flight, config, report));
+    Ok(Prepared::Forwarded(outcome))
+}
+
+/// Reads a write's body in full, or says why not (status and body of the answer).
+async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, (StatusCode, &'static str)> {
+    let too_large = (StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large);
+    }
+    // Why the body failed does not matter here, only whether it was too large.
+    let body = body.map_err(|_| std::io::Error::other("unreadable request body"));
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(_) => Err((StatusCode::BAD_REQUEST, BODY_UNREADABLE)),
+    }
+}
+
+/// Runs a forwarded write to its end, whether or not anyone still waits for its answer.
+async fn run<F, ResBody, E, Key>(
+    call: F,
+    in_flight: WriteInFlight<Key>,
+    config: Config,
+    report: oneshot::Sender<Outcome<Response<ResBody>, E>>,
+) where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    Key: Hash + Eq + Clone,
+{
+    let outcome = match tokio::time::timeout(config.write_timeout, call).await {
+        Ok(Ok(res)) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
+            // The backend may still be applying it: keep others out for the grace period.
+            let _ = report.send(Outcome::Response(Ok(res)));
+            tokio::time::sleep(config.timeout_grace).await;
+            return drop(in_flight);
+        }
+        Ok(Ok(res)) => Outcome::Response(Ok(in_flight.settle(res))),
+        Ok(Err(err)) => {
+            drop(in_flight); // unsettled: bumps
+            Outcome::Response(Err(err))
+        }
+        Err(_elapsed) => {
+            let _ = report.send(Outcome::TimedOut {
+                now: in_flight.table.now(),
+            });
+            tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
+            tokio::time::sleep(config.timeout_grace).await;
+            return drop(in_flight);
+        }
+    };
+    // Sent only once the version is bumped, so the client's next write sees it.
+    let _ = report.send(outcome);
 }
 
 /// The next step for a write whose lock is held.
-pub(crate) enum Step {
+enum Step {
     Answer(Answer),
     Forward,
     /// The decision depends on whether the resource exists, which the layer does not know.
@@ -36,7 +213,7 @@ pub(crate) enum Step {
 
 /// Decides a write against the current version. Only a 412 re-dates: a date issued now for
 /// the version about to be replaced would be shared with the one written in the same second.
-pub(crate) fn evaluate<Key: Hash + Eq + Clone>(
+fn evaluate<Key: Hash + Eq + Clone>(
     headers: &HeaderMap,
     key: &Key,
     table: &VersionTable<Key>,
@@ -56,86 +233,8 @@ pub(crate) fn evaluate<Key: Hash + Eq + Clone>(
             Answer::precondition_failed(current, table.tag(current), now)
         }
         Decision::PreconditionRequired => Answer::precondition_required(now),
-        Decision::BadRequest(body) => Answer::bad_request(body, now),
+        Decision::BadRequest(body) => Answer::plain(StatusCode::BAD_REQUEST, body, now),
     })
-}
-
-/// The resource's write lock, held already or to be waited for.
-pub(crate) enum Lock {
-    Held(OwnedMutexGuard<()>),
-    Wait(Arc<Mutex<()>>),
-}
-
-const PROBE_INCONCLUSIVE: &str = "503 Service Unavailable: the precondition depends on whether \
-the resource exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n";
-
-/// The slow path of a write: wait for the lock, probe the resource's existence if a `*`
-/// precondition needs it, then decide. `inner` has been readied for this request.
-pub(crate) async fn prepare<S, ReqBody, ResBody, Key>(
-    mut inner: S,
-    request: Request<ReqBody>,
-    key: Key,
-    lock: Lock,
-    table: Arc<VersionTable<Key>>,
-    require_precondition: bool,
-) -> Result<Prepared<S::Future, Key>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: Default,
-    Key: Hash + Eq + Clone,
-{
-    let guard = match lock {
-        Lock::Held(guard) => guard,
-        Lock::Wait(lock) => lock.lock_owned().await,
-    };
-    let mut probed = false;
-    loop {
-        match evaluate(request.headers(), &key, &table, require_precondition) {
-            Step::Answer(answer) => return Ok(Prepared::Answer(answer)),
-            Step::Forward => return Ok(forward(&mut inner, request, key, guard, table)),
-            Step::Probe if probed => {
-                return Ok(Prepared::Answer(Answer::service_unavailable(
-                    PROBE_INCONCLUSIVE,
-                    table.now(),
-                )));
-            }
-            Step::Probe => {
-                // Under the lock no write can change the answer between the probe and the decision.
-                let head = probe_request(Method::HEAD, &request);
-                let get = probe_request(Method::GET, &request);
-                let exists = probe(&mut inner, head, get).await?;
-                table.learn_existence(&key, exists);
-                probed = true;
-                poll_fn(|cx| inner.poll_ready(cx)).await?;
-            }
-        }
-    }
-}
-
-/// Forwards a write whose preconditions hold; `lock` is held until it settles.
-pub(crate) fn forward<S, ReqBody, Key>(
-    inner: &mut S,
-    request: Request<ReqBody>,
-    key: Key,
-    lock: OwnedMutexGuard<()>,
-    table: Arc<VersionTable<Key>>,
-) -> Prepared<S::Future, Key>
-where
-    S: Service<Request<ReqBody>>,
-    Key: Hash + Eq + Clone,
-{
-    let on_success = match *request.method() {
-        Method::DELETE => Existence::Absent,
-        _ => Existence::Exists,
-    };
-    let in_flight = WriteInFlight {
-        table,
-        key,
-        on_success,
-        settled: false,
-        _lock: lock,
-    };
-    Prepared::Forward(inner.call(request), in_flight)
 }
 
 /// Asks the inner service whether the resource exists: `HEAD`, or `GET` if `HEAD` is not
@@ -163,11 +262,11 @@ where
 }
 
 /// A bodiless, unconditional copy of `original` with `method`.
-fn probe_request<ReqBody: Default>(
+fn probe_request<ReqBody: FromBytes>(
     method: Method,
     original: &Request<ReqBody>,
 ) -> Request<ReqBody> {
-    let mut probe = Request::new(ReqBody::default());
+    let mut probe = Request::new(ReqBody::from_bytes(Bytes::new()));
     *probe.method_mut() = method;
     *probe.uri_mut() = original.uri().clone();
     *probe.version_mut() = original.version();
@@ -192,8 +291,7 @@ fn probe_request<ReqBody: Default>(
 }
 
 /// A write forwarded under its resource's lock. Settling it, or dropping it unsettled (inner
-/// error, or the future dropped because the client left), records the outcome and then
-/// releases the lock.
+/// error, timeout, or its task cancelled), records the outcome and then releases the lock.
 pub(crate) struct WriteInFlight<Key: Hash + Eq + Clone> {
     table: Arc<VersionTable<Key>>,
     key: Key,
@@ -207,10 +305,9 @@ pub(crate) struct WriteInFlight<Key: Hash + Eq + Clone> {
 impl<Key: Hash + Eq + Clone> WriteInFlight<Key> {
     /// The inner service answered. A 4xx refused the write: nothing changed. A 2xx bumps the
     /// version and carries it; anything else may have changed the resource, so it bumps too.
-    pub(crate) fn settle<B>(mut self, res: Response<B>) -> Response<ResponseBody<B>> {
+    fn settle<B>(mut self, mut res: Response<B>) -> Response<B> {
         self.settled = true;
         let status = res.status();
-        let mut res = res.map(ResponseBody::inner);
         if status.is_client_error() {
             return res;
         }

@@ -77,22 +77,60 @@ where
 }
 
 #[tokio::test]
-async fn a_write_dropped_mid_call_bumps_the_version_and_releases_the_lock() {
+async fn a_forwarded_write_whose_client_leaves_runs_to_its_end_before_the_next_write() {
     let (backend, _clock, mut service) = saved_doc().await;
+    let v1 = date_at(1);
     let held = request(
         Method::PUT,
         DOC,
-        &[("if-unmodified-since", &date_at(1)), (HOLD, "1")],
-        "lost?",
+        &[("if-unmodified-since", &v1), (HOLD, "1")],
+        "abandoned",
     );
     let in_flight = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
         .await
         .unwrap()
         .call(held);
-    let task = tokio::spawn(in_flight);
+    let client = tokio::spawn(in_flight);
     backend.arrived().await;
-    task.abort(); // the client went away mid-call
-    assert!(task.await.unwrap_err().is_cancelled());
+    client.abort(); // the client went away while the backend applies its write
+    assert!(client.await.unwrap_err().is_cancelled());
+
+    // A write based on the same version must not be forwarded while the backend may still
+    // apply the abandoned one: it waits, then is checked against the abandoned write's result.
+    let mut next_service = service.clone();
+    let mut next = Box::pin(async move {
+        call(
+            &mut next_service,
+            request(
+                Method::PUT,
+                DOC,
+                &[("if-unmodified-since", &date_at(1))],
+                "next",
+            ),
+        )
+        .await
+    });
+    assert!(poll_once(&mut next).await.is_pending());
+    let puts = backend
+        .methods()
+        .iter()
+        .filter(|m| **m == Method::PUT)
+        .count();
+    backend.release();
+    assert_eq!(
+        next.await.status,
+        StatusCode::PRECONDITION_FAILED,
+        "the abandoned write bumped the version"
+    );
+    assert_eq!(
+        backend
+            .methods()
+            .iter()
+            .filter(|m| **m == Method::PUT)
+            .count(),
+        puts
+    );
+    assert_eq!(backend.doc(DOC).unwrap(), "abandoned");
     assert_bumped_and_writable(&mut service, &backend).await;
 }
 
