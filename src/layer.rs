@@ -23,6 +23,7 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey> {
     extract_key: K,
     clock: Arc<dyn Clock>,
     table: Arc<VersionTable<K::Key>>,
+    max_resources: usize,
     config: Config,
 }
 
@@ -32,8 +33,9 @@ impl ConditionalLayer {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         Self {
             extract_key: PathKey,
-            table: Arc::new(VersionTable::new(clock.clone())),
+            table: Arc::new(VersionTable::new(clock.clone(), usize::MAX)),
             clock,
+            max_resources: usize::MAX,
             config: Config::default(),
         }
     }
@@ -51,7 +53,7 @@ impl<K: ExtractKey> ConditionalLayer<K> {
     pub fn clock(self, clock: impl Clock) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         Self {
-            table: Arc::new(VersionTable::new(clock.clone())),
+            table: Arc::new(VersionTable::new(clock.clone(), self.max_resources)),
             clock,
             ..self
         }
@@ -63,6 +65,20 @@ impl<K: ExtractKey> ConditionalLayer<K> {
     pub fn require_precondition(mut self, require: bool) -> Self {
         self.config.require_precondition = require;
         self
+    }
+
+    /// Tracks at most about `n` resources. When the table is full, the least recently used
+    /// eighth is forgotten (at one-second resolution; never a resource a write holds), after
+    /// raising the floor every unknown resource starts from to at least their versions: a
+    /// forgotten resource returns with a version at least as new, so clients holding its old
+    /// validators get `412`, never `200`. Unbounded by default. Starts a new, empty table.
+    pub fn max_resources(self, n: usize) -> Self {
+        let max_resources = n.max(1);
+        Self {
+            table: Arc::new(VersionTable::new(self.clock.clone(), max_resources)),
+            max_resources,
+            ..self
+        }
     }
 
     /// The largest write body the layer reads before locking the resource; a larger one gets
@@ -97,8 +113,9 @@ impl<K: ExtractKey> ConditionalLayer<K> {
     /// `Fn(&http::request::Parts) -> Option<Key>`; `None` passes a request through untouched.
     pub fn key_fn<K2: ExtractKey>(self, extract_key: K2) -> ConditionalLayer<K2> {
         ConditionalLayer {
-            table: Arc::new(VersionTable::new(self.clock.clone())),
+            table: Arc::new(VersionTable::new(self.clock.clone(), self.max_resources)),
             clock: self.clock,
+            max_resources: self.max_resources,
             extract_key,
             config: self.config,
         }
@@ -129,6 +146,7 @@ impl<K: ExtractKey + Clone> Clone for ConditionalLayer<K> {
             extract_key: self.extract_key.clone(),
             clock: self.clock.clone(),
             table: self.table.clone(),
+            max_resources: self.max_resources,
             config: self.config,
         }
     }

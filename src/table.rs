@@ -3,15 +3,24 @@
 //! Shared by every clone of a layer and of the services it wraps. Map guards are only ever held
 //! for a copy or an update of a version, never across an `.await`; the per-resource write lock
 //! is an async mutex held through an `Arc`, so a writer waits on its own resource only.
+//!
+//! The table can be bounded. When it is full, the least recently used entries (at one-second
+//! resolution) are forgotten, and the **floors** are raised first: the date and the counter every
+//! resource the table does not know starts from. A forgotten resource thus comes back with a
+//! version at least as new as any it had, so a client holding one of its old validators gets
+//! `412`, never a `200` (and its tags never repeat).
 
 use std::{
     collections::hash_map::RandomState,
     hash::{BuildHasher, Hash},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::SystemTime,
 };
 
-use dashmap::DashMap;
+use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
 use http::HeaderMap;
 use tokio::sync::Mutex;
 
@@ -23,8 +32,15 @@ use crate::{
 
 pub(crate) struct VersionTable<K> {
     entries: DashMap<K, Entry>,
-    /// The second the table started in: the date of every resource it has not seen.
-    floor: u64,
+    /// How many entries `entries` holds (its own `len` locks every shard).
+    len: AtomicUsize,
+    /// The most entries kept; more trigger an eviction.
+    max_entries: usize,
+    evicting: AtomicBool,
+    /// The date of every resource the table does not know: its start second at first.
+    floor: AtomicU64,
+    /// The counter of every resource the table does not know: past every forgotten one.
+    counter_floor: AtomicU64,
     /// Drawn at random when the table starts; part of every ETag it issues.
     instance: u64,
     clock: Arc<dyn Clock>,
@@ -35,14 +51,31 @@ struct Entry {
     /// The headers of the last 2xx read that a `304` must repeat (RFC 9110 §15.4.5).
     cached: Option<Arc<HeaderMap>>,
     write_lock: Arc<Mutex<()>>,
+    /// The second the entry was last used, for eviction.
+    last_used: AtomicU64,
 }
 
 impl Entry {
-    fn new(version: Version) -> Self {
+    fn new(version: Version, now: u64) -> Self {
         Self {
             version,
             cached: None,
             write_lock: Arc::new(Mutex::new(())),
+            last_used: AtomicU64::new(now),
+        }
+    }
+
+    fn touch(&self, now: u64) {
+        // A load first: most uses fall in the second of the previous one, and need no store.
+        if self.last_used.load(Ordering::Relaxed) < now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            cached: self.cached.clone(),
         }
     }
 }
@@ -59,21 +92,17 @@ fn random_instance() -> u64 {
     RandomState::new().hash_one(SystemTime::now())
 }
 
-impl Entry {
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            version: self.version,
-            cached: self.cached.clone(),
-        }
-    }
-}
-
 impl<K: Hash + Eq + Clone> VersionTable<K> {
-    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+    /// A table holding at most `max_entries` resources (`usize::MAX`: unbounded).
+    pub(crate) fn new(clock: Arc<dyn Clock>, max_entries: usize) -> Self {
         let floor = unix_secs(clock.now());
         Self {
             entries: DashMap::new(),
-            floor,
+            len: AtomicUsize::new(0),
+            max_entries,
+            evicting: AtomicBool::new(false),
+            floor: AtomicU64::new(floor),
+            counter_floor: AtomicU64::new(0),
             instance: random_instance(),
             clock,
         }
@@ -86,24 +115,35 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
 
     /// How many resources the table tracks.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.len.load(Ordering::Relaxed)
+    }
+
+    fn unknown(&self) -> Version {
+        Version::unknown(
+            self.floor.load(Ordering::SeqCst),
+            self.counter_floor.load(Ordering::SeqCst),
+        )
     }
 
     /// The current version of `key`, as it is.
     pub(crate) fn peek(&self, key: &K) -> Version {
-        self.entries
-            .get(key)
-            .map_or(Version::unknown(self.floor), |entry| entry.version)
+        match self.entries.get(key) {
+            Some(entry) => entry.version,
+            None => self.unknown(),
+        }
     }
 
     /// The current version of `key`, re-dated first if its date is ambiguous and `now` is a
     /// later second (the re-dated version is stored, so every client sees the same date).
     pub(crate) fn current(&self, key: &K, now: u64) -> Snapshot {
         match self.entries.get(key) {
-            Some(entry) if entry.version.redated(now).is_none() => return entry.snapshot(),
+            Some(entry) if entry.version.redated(now).is_none() => {
+                entry.touch(now);
+                return entry.snapshot();
+            }
             Some(_) => {}
             None => {
-                let unknown = Version::unknown(self.floor);
+                let unknown = self.unknown();
                 if unknown.redated(now).is_none() {
                     return Snapshot {
                         version: unknown,
@@ -112,11 +152,12 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
                 }
             }
         }
-        let mut entry = self.entry(key);
-        if let Some(redated) = entry.version.redated(now) {
-            entry.version = redated;
-        }
-        entry.snapshot()
+        self.update(key, now, |entry| {
+            if let Some(redated) = entry.version.redated(now) {
+                entry.version = redated;
+            }
+            entry.snapshot()
+        })
     }
 
     /// The strong ETag of `version`.
@@ -137,39 +178,113 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         exists: Existence,
         cached: Option<Arc<HeaderMap>>,
     ) {
-        let mut entry = self.entry(key);
-        if entry.version.counter == counter {
-            entry.version.exists = exists;
-            entry.cached = cached;
-        }
+        let now = self.now();
+        self.update(key, now, |entry| {
+            if entry.version.counter == counter {
+                entry.version.exists = exists;
+                entry.cached = cached;
+            }
+        });
     }
 
     /// Records whether the resource exists, as a probe made under its write lock found.
     pub(crate) fn learn_existence(&self, key: &K, exists: Existence) {
-        self.entry(key).version.exists = exists;
+        let now = self.now();
+        self.update(key, now, |entry| entry.version.exists = exists);
     }
 
     /// The write lock of `key`, to be held from the precondition check until the version bump.
+    /// An entry whose lock is held or awaited is never evicted.
     pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
-        match self.entries.get(key) {
-            Some(entry) => entry.write_lock.clone(),
-            None => self.entry(key).write_lock.clone(),
+        let now = self.now();
+        if let Some(entry) = self.entries.get(key) {
+            entry.touch(now);
+            return entry.write_lock.clone();
         }
+        self.update(key, now, |entry| entry.write_lock.clone())
     }
 
     /// Records a write to `key` at `now` that left the resource as `exists` says, and returns
     /// the new version.
     pub(crate) fn bump(&self, key: &K, now: u64, exists: Existence) -> Version {
-        let mut entry = self.entry(key);
-        entry.version = entry.version.next(now, exists);
-        entry.version
+        self.update(key, now, |entry| {
+            entry.version = entry.version.next(now, exists);
+            entry.version
+        })
     }
 
-    fn entry(&self, key: &K) -> dashmap::mapref::one::RefMut<'_, K, Entry> {
-        let floor = self.floor;
-        self.entries
-            .entry(key.clone())
-            .or_insert_with(|| Entry::new(Version::unknown(floor)))
+    /// Applies `change` to the entry of `key`, creating it if needed, then evicts if the table
+    /// has grown past its bound (with no map guard held).
+    fn update<R>(&self, key: &K, now: u64, change: impl FnOnce(&mut Entry) -> R) -> R {
+        let (result, inserted) = match self.entries.entry(key.clone()) {
+            MapEntry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                entry.touch(now);
+                (change(entry), false)
+            }
+            MapEntry::Vacant(vacant) => {
+                let mut entry = Entry::new(self.unknown(), now);
+                let result = change(&mut entry);
+                vacant.insert(entry);
+                (result, true)
+            }
+        };
+        if inserted && self.len.fetch_add(1, Ordering::Relaxed) + 1 > self.max_entries {
+            self.evict();
+        }
+        result
+    }
+
+    /// Forgets about an eighth of the table, least recently used first, down to 7/8 of its
+    /// bound. One eviction runs at a time; concurrent inserts meanwhile overshoot briefly.
+    fn evict(&self) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let keep = self.max_entries - self.max_entries / 8;
+        let excess = self.len().saturating_sub(keep);
+        if excess > 0 {
+            // Pass 1: the recency below which `excess` entries fall, and the newest version
+            // among them.
+            let mut recency: Vec<u64> = self
+                .entries
+                .iter()
+                .map(|e| e.last_used.load(Ordering::Relaxed))
+                .collect();
+            let nth = excess.min(recency.len()).saturating_sub(1);
+            let cutoff = *recency.select_nth_unstable(nth).1;
+            let (mut counter, mut modified) = (0, 0);
+            for entry in self.entries.iter() {
+                if entry.last_used.load(Ordering::Relaxed) <= cutoff {
+                    counter = counter.max(entry.version.counter);
+                    modified = modified.max(entry.version.modified);
+                }
+            }
+            // The floors rise before anything is removed: a reader that misses an entry must
+            // see a floor at least as new as what the entry held.
+            let counter_floor = self
+                .counter_floor
+                .fetch_max(counter + 1, Ordering::SeqCst)
+                .max(counter + 1);
+            let floor = self
+                .floor
+                .fetch_max(modified, Ordering::SeqCst)
+                .max(modified);
+            // Pass 2: remove up to `excess` of them, sparing any whose lock a writer holds or
+            // awaits, or that a write has moved past the floors since pass 1.
+            let mut removed = 0;
+            self.entries.retain(|_, entry| {
+                let forget = removed < excess
+                    && entry.last_used.load(Ordering::Relaxed) <= cutoff
+                    && Arc::strong_count(&entry.write_lock) == 1
+                    && entry.version.counter < counter_floor
+                    && entry.version.modified <= floor;
+                removed += usize::from(forget);
+                !forget
+            });
+            self.len.fetch_sub(removed, Ordering::Relaxed);
+        }
+        self.evicting.store(false, Ordering::Release);
     }
 }
 
@@ -181,16 +296,19 @@ mod tests {
     use crate::clock::ManualClock;
 
     fn table_at(secs: u64) -> VersionTable<&'static str> {
-        VersionTable::new(Arc::new(ManualClock::new(
-            UNIX_EPOCH + Duration::from_secs(secs),
-        )))
+        bounded_table_at(secs, usize::MAX)
+    }
+
+    fn bounded_table_at(secs: u64, max: usize) -> VersionTable<&'static str> {
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(secs));
+        VersionTable::new(Arc::new(clock), max)
     }
 
     #[test]
     fn unseen_resources_sit_at_the_ambiguous_floor_without_an_entry() {
         let table = table_at(1000);
         let v = table.current(&"/a", 1000).version;
-        assert_eq!(v, Version::unknown(1000));
+        assert_eq!(v, Version::unknown(1000, 0));
         assert_eq!(table.len(), 0);
     }
 
@@ -222,7 +340,7 @@ mod tests {
     #[test]
     fn peeking_never_redates() {
         let table = table_at(1000);
-        assert_eq!(table.peek(&"/a"), Version::unknown(1000));
+        assert_eq!(table.peek(&"/a"), Version::unknown(1000, 0));
         table.bump(&"/a", 1001, Existence::Exists);
         table.bump(&"/a", 1001, Existence::Exists);
         assert!(table.peek(&"/a").ambiguous);
@@ -245,7 +363,7 @@ mod tests {
     #[test]
     fn tables_draw_different_instances() {
         let (a, b) = (table_at(1000), table_at(1000));
-        let v = Version::unknown(1000);
+        let v = Version::unknown(1000, 0);
         assert_ne!(a.tag(v), b.tag(v));
     }
 
@@ -256,5 +374,54 @@ mod tests {
         let _held = a.clone().try_lock_owned().unwrap();
         assert!(table.write_lock(&"/a").try_lock_owned().is_err());
         assert!(table.write_lock(&"/b").try_lock_owned().is_ok());
+    }
+
+    const KEYS: [&str; 40] = [
+        "/0", "/1", "/2", "/3", "/4", "/5", "/6", "/7", "/8", "/9", "/10", "/11", "/12", "/13",
+        "/14", "/15", "/16", "/17", "/18", "/19", "/20", "/21", "/22", "/23", "/24", "/25", "/26",
+        "/27", "/28", "/29", "/30", "/31", "/32", "/33", "/34", "/35", "/36", "/37", "/38", "/39",
+    ];
+
+    #[test]
+    fn a_bounded_table_forgets_the_least_recently_used_and_raises_its_floors() {
+        let table = bounded_table_at(1000, 16);
+        let mut versions = Vec::new();
+        for (i, key) in KEYS.iter().enumerate().take(16) {
+            // Two writes each, one second apart per key, so recency and versions differ.
+            let now = 1001 + i as u64;
+            table.bump(key, now, Existence::Exists);
+            versions.push(table.bump(key, now, Existence::Exists));
+        }
+        assert_eq!(table.len(), 16);
+        table.bump(&KEYS[16], 2000, Existence::Exists);
+        assert!(table.len() <= 16, "{}", table.len());
+        // The oldest are gone, and come back no older than they were.
+        let forgotten: Vec<_> = (0..16)
+            .filter(|&i| table.entries.get(KEYS[i]).is_none())
+            .collect();
+        assert!(!forgotten.is_empty());
+        assert!(forgotten.iter().all(|&i| i < 8), "{forgotten:?}");
+        for &i in &forgotten {
+            let now = table.peek(&KEYS[i]);
+            assert!(now.counter > versions[i].counter, "a tag could repeat");
+            assert!(now.modified >= versions[i].modified, "a date went backward");
+            assert!(!now.is_validated_by(versions[i].modified));
+        }
+    }
+
+    #[test]
+    fn a_locked_entry_is_never_evicted() {
+        let table = bounded_table_at(1000, 8);
+        let lock = table.write_lock(&KEYS[0]);
+        let _held = lock.clone().try_lock_owned().unwrap();
+        for (i, key) in KEYS.iter().enumerate().skip(1) {
+            table.bump(key, 1001 + i as u64, Existence::Exists);
+        }
+        assert!(table.len() <= 8);
+        assert!(
+            table.entries.get(KEYS[0]).is_some(),
+            "a writer's lock was forgotten"
+        );
+        assert!(Arc::ptr_eq(&table.write_lock(&KEYS[0]), &lock));
     }
 }

@@ -28,10 +28,11 @@ pub(crate) enum Existence {
 
 impl Version {
     /// The version of a resource the layer knows nothing about: dated at the `floor`, and
-    /// ambiguous, because any number of versions may have been issued in that second before.
-    pub(crate) const fn unknown(floor: u64) -> Self {
+    /// ambiguous, because any number of versions may have been issued in that second before;
+    /// its counter is at least one past any the layer has forgotten, so no tag repeats.
+    pub(crate) const fn unknown(floor: u64, counter: u64) -> Self {
         Self {
-            counter: 0,
+            counter,
             modified: floor,
             ambiguous: true,
             exists: Existence::Unknown,
@@ -73,7 +74,7 @@ mod tests {
 
     #[test]
     fn unknown_version_is_ambiguous_until_redated_in_a_later_second() {
-        let v = Version::unknown(100);
+        let v = Version::unknown(100, 0);
         assert!(!v.is_validated_by(100));
         assert_eq!(v.redated(100), None);
         let r = v.redated(101).unwrap();
@@ -84,7 +85,7 @@ mod tests {
 
     #[test]
     fn two_writes_in_one_second_share_an_ambiguous_date() {
-        let v = Version::unknown(100).redated(101).unwrap();
+        let v = Version::unknown(100, 0).redated(101).unwrap();
         let a = v.next(102, Existence::Exists);
         assert!(a.is_validated_by(102));
         let b = a.next(102, Existence::Exists);
@@ -98,7 +99,7 @@ mod tests {
 
     #[test]
     fn dates_never_go_backward_when_the_clock_does() {
-        let v = Version::unknown(100).redated(200).unwrap();
+        let v = Version::unknown(100, 0).redated(200).unwrap();
         let w = v.next(150, Existence::Exists);
         assert_eq!(w.modified, 200);
         assert!(w.ambiguous);
@@ -107,7 +108,7 @@ mod tests {
 
     #[test]
     fn only_an_exact_date_validates() {
-        let v = Version::unknown(100).redated(105).unwrap();
+        let v = Version::unknown(100, 0).redated(105).unwrap();
         assert!(!v.is_validated_by(104));
         assert!(!v.is_validated_by(106));
         assert!(v.is_validated_by(105));

@@ -116,3 +116,105 @@ async fn a_write_that_times_out_gets_504_and_keeps_the_resource_locked_for_the_g
     let after = call(&mut service, request(Method::PUT, DOC, &[], "after")).await;
     assert_eq!(after.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_bounded_table_forgets_resources_conservatively() {
+    let clock = support::manual_clock();
+    let backend = Backend::default();
+    let layer = ConditionalLayer::new()
+        .clock(clock.clone())
+        .max_resources(100);
+    let mut service = layer.layer(backend.service());
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        if i % 100 == 0 {
+            clock.advance(SECOND);
+        }
+        let path = format!("/doc/{i}");
+        let saved = call(&mut service, request(Method::PUT, &path, &[], "v1")).await;
+        let tag = saved.header(header::ETAG).unwrap().to_owned();
+        held.push((path, tag, saved.last_modified().unwrap().to_owned()));
+        assert!(
+            layer.tracked_resources() <= 100,
+            "{} tracked",
+            layer.tracked_resources()
+        );
+    }
+    clock.advance(SECOND);
+
+    // Every client still holds the validators of the version it wrote, which is current: the
+    // layer may have forgotten it, in which case it must answer 412 (never let a write through
+    // on a validator it cannot vouch for); the ones it still tracks succeed.
+    let (mut forgotten, mut kept) = (0, 0);
+    for (i, (path, tag, date)) in held.iter().enumerate() {
+        let (name, value) = if i % 2 == 0 {
+            ("if-match", tag)
+        } else {
+            ("if-unmodified-since", date)
+        };
+        let write = call(
+            &mut service,
+            request(Method::PUT, path, &[(name, value)], "v2"),
+        )
+        .await;
+        match write.status {
+            StatusCode::OK => kept += 1,
+            StatusCode::PRECONDITION_FAILED => {
+                forgotten += 1;
+                assert_eq!(backend.doc(path).unwrap(), "v1");
+                let resync = call(&mut service, request(Method::GET, path, &[], "")).await;
+                assert_ne!(
+                    resync.header(header::ETAG),
+                    Some(tag.as_str()),
+                    "a tag repeated"
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        forgotten >= 800,
+        "only {forgotten} of 1000 forgotten with room for 100"
+    );
+    assert!(kept > 0, "the most recent resources are kept");
+    assert!(layer.tracked_resources() <= 100);
+}
+
+#[tokio::test]
+async fn a_forgotten_resource_never_reissues_an_old_tag_or_date() {
+    let clock = support::manual_clock();
+    let backend = Backend::default();
+    let layer = ConditionalLayer::new()
+        .clock(clock.clone())
+        .max_resources(10);
+    let mut service = layer.layer(backend.service());
+    clock.advance(SECOND);
+    let first = call(&mut service, request(Method::PUT, DOC, &[], "v1")).await;
+    clock.advance(SECOND);
+    call(&mut service, request(Method::PUT, DOC, &[], "v2")).await;
+    let stale_tag = first.header(header::ETAG).unwrap().to_owned();
+    let stale_date = first.last_modified().unwrap().to_owned();
+    for i in 0..50 {
+        clock.advance(SECOND);
+        call(
+            &mut service,
+            request(Method::PUT, &format!("/other/{i}"), &[], "x"),
+        )
+        .await;
+    }
+    // DOC is forgotten; it comes back and is written again as new: its first tag (counter 1
+    // of this instance) must not be issued again.
+    call(&mut service, request(Method::PUT, DOC, &[], "v3")).await;
+    for (name, value) in [
+        ("if-match", &stale_tag),
+        ("if-unmodified-since", &stale_date),
+    ] {
+        let stale = call(
+            &mut service,
+            request(Method::PUT, DOC, &[(name, value.as_str())], "lost"),
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{name}");
+    }
+    assert_eq!(backend.doc(DOC).unwrap(), "v3");
+}
