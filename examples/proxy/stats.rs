@@ -1,0 +1,113 @@
+//! Counters of what the proxy did, and the per-request log line.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{Method, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+/// What the proxy has done since it started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    reads: AtomicU64,
+    not_modified: AtomicU64,
+    writes: AtomicU64,
+    precondition_failed: AtomicU64,
+    precondition_required: AtomicU64,
+    upstream_errors: AtomicU64,
+}
+
+impl Stats {
+    pub fn upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self, method: &Method, status: StatusCode) {
+        let counter = match *method {
+            Method::GET | Method::HEAD => &self.reads,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => &self.writes,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let outcome = match status {
+            StatusCode::NOT_MODIFIED => &self.not_modified,
+            StatusCode::PRECONDITION_FAILED => &self.precondition_failed,
+            StatusCode::PRECONDITION_REQUIRED => &self.precondition_required,
+            _ => return,
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One JSON object, also the body of the stats endpoint.
+    pub fn json(&self, tracked_resources: usize) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{{\"reads\":{},\"not_modified\":{},\"writes\":{},\"precondition_failed\":{},\
+             \"precondition_required\":{},\"upstream_errors\":{},\"tracked_resources\":{}}}\n",
+            get(&self.reads),
+            get(&self.not_modified),
+            get(&self.writes),
+            get(&self.precondition_failed),
+            get(&self.precondition_required),
+            get(&self.upstream_errors),
+            tracked_resources,
+        )
+    }
+}
+
+/// Counts every request by method and answer, and logs it at debug level.
+#[derive(Clone)]
+pub struct ObserveLayer(pub Arc<Stats>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            stats: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    stats: Arc<Stats>,
+}
+
+impl<S, B, R> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (method, path, started) = (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            Instant::now(),
+        );
+        let stats = self.stats.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let res = response.await?;
+            stats.count(&method, res.status());
+            tracing::debug!(%method, %path, status = res.status().as_u16(), elapsed = ?started.elapsed(), "request");
+            Ok(res)
+        })
+    }
+}
