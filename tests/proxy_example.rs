@@ -2,60 +2,8 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio};
-
 use http::{Method, StatusCode};
-use support::{Backend, HttpClient};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
-
-/// The example's binary, (re)built once per run so a stale one is never tested.
-fn proxy_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let mut dir = std::env::current_exe().unwrap();
-            dir.pop(); // the test binary
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = std::process::Command::new(cargo);
-            build.args(["build", "--quiet", "--example", "proxy"]);
-            if dir.ends_with("release") {
-                build.arg("--release");
-            }
-            assert!(
-                build.status().unwrap().success(),
-                "building the proxy example"
-            );
-            dir.join("examples")
-                .join(format!("proxy{}", std::env::consts::EXE_SUFFIX))
-        })
-        .clone()
-}
-
-/// Starts the proxy on a free port and returns it with the address it printed.
-async fn start_proxy(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(proxy_binary())
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            let addr = addr.parse().unwrap();
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, addr);
-        }
-    }
-    panic!("the proxy exited without printing its address");
-}
+use support::{proxy::start_proxy, Backend, HttpClient};
 
 #[tokio::test]
 async fn proxy_serves_its_demo_backend_with_optimistic_locking() {
@@ -179,4 +127,166 @@ async fn require_precondition_refuses_blind_writes_with_428() {
         .await;
     assert_eq!(save.status, StatusCode::OK);
     assert_ne!(save.header(http::header::ETAG), Some(tag.as_str()));
+}
+
+#[tokio::test]
+async fn proxy_strips_hop_by_hop_fields_both_ways_and_adds_forwarding_fields() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&["--upstream", &format!("http://{upstream}")]).await;
+    let client = HttpClient::new(addr);
+
+    let echoed = client
+        .send(
+            Method::GET,
+            "/echo",
+            &[
+                (support::ECHO, "1"),
+                ("connection", "x-private"),
+                ("x-private", "secret"),
+                ("proxy-authorization", "Basic eA=="),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("host", "storage.example"),
+            ],
+            "",
+        )
+        .await;
+    let seen = echoed.text().to_ascii_lowercase();
+    for gone in [
+        "x-private:",
+        "proxy-authorization:",
+        "connection: x-private",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the upstream:\n{seen}");
+    }
+    for kept in [
+        "host: storage.example",
+        "x-forwarded-for: 203.0.113.7, 127.0.0.1",
+        "forwarded: for=127.0.0.1;proto=http;host=\"storage.example\"",
+        "via: 1.1 tower-conditional",
+    ] {
+        assert!(seen.contains(kept), "{kept} missing upstream:\n{seen}");
+    }
+
+    let hop = client
+        .send(Method::GET, "/hop", &[(support::HOP, "1")], "")
+        .await;
+    assert!(!hop.headers.contains_key("x-resp-private"));
+    assert!(!hop.headers.contains_key("keep-alive"));
+    assert_eq!(hop.header(http::header::VIA), Some("1.1 tower-conditional"));
+}
+
+#[tokio::test]
+async fn proxy_can_rewrite_host_to_the_upstream() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--rewrite-host",
+    ])
+    .await;
+    let echoed = HttpClient::new(addr)
+        .send(
+            Method::GET,
+            "/echo",
+            &[(support::ECHO, "1"), ("host", "storage.example")],
+            "",
+        )
+        .await;
+    assert!(
+        echoed.text().contains(&format!("host: {upstream}")),
+        "{}",
+        echoed.text()
+    );
+}
+
+#[tokio::test]
+async fn proxy_speaks_http2_with_prior_knowledge() {
+    let (_proxy, addr) = start_proxy(&[]).await;
+    let client = HttpClient::http2(addr);
+    let read = client.send(Method::GET, "/api/storage", &[], "").await;
+    assert_eq!(read.status, StatusCode::OK);
+    let tag = read.header(http::header::ETAG).unwrap().to_owned();
+    let not_modified = client
+        .send(Method::GET, "/api/storage", &[("if-none-match", &tag)], "")
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    let save = client
+        .send(
+            Method::PUT,
+            "/api/storage",
+            &[("if-match", &tag)],
+            "{\"content\":\"h2\"}",
+        )
+        .await;
+    assert_eq!(save.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn proxy_counts_what_it_does() {
+    let (_proxy, addr) = start_proxy(&["--stats-path", "/_stats", "--require-precondition"]).await;
+    let client = HttpClient::new(addr);
+    let read = client.send(Method::GET, "/api/storage", &[], "").await;
+    let tag = read.header(http::header::ETAG).unwrap().to_owned();
+    client
+        .send(Method::GET, "/api/storage", &[("if-none-match", &tag)], "")
+        .await;
+    client.send(Method::PUT, "/api/storage", &[], "blind").await;
+    client
+        .send(
+            Method::PUT,
+            "/api/storage",
+            &[("if-match", "\"stale.1\"")],
+            "stale",
+        )
+        .await;
+    client
+        .send(Method::PUT, "/api/storage", &[("if-match", &tag)], "ok")
+        .await;
+    let stats = client.send(Method::GET, "/_stats", &[], "").await;
+    assert_eq!(
+        stats.text().trim(),
+        "{\"reads\":2,\"not_modified\":1,\"writes\":3,\"precondition_failed\":1,\
+         \"precondition_required\":1,\"upstream_errors\":0,\"tracked_resources\":1}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_shuts_down_gracefully_on_sigterm() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (mut proxy, addr) = start_proxy(&["--upstream", &format!("http://{upstream}")]).await;
+    let client = HttpClient::new(addr);
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .send(Method::PUT, "/doc", &[(support::HOLD, "1")], "finishing")
+                .await
+        }
+    });
+    backend.arrived().await;
+
+    let pid = proxy.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The proxy stops accepting; the request it is serving still completes.
+    let mut attempts = 0..100_000;
+    let refused = loop {
+        attempts.next().expect("the proxy stopped accepting");
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => tokio::task::yield_now().await,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    backend.release();
+    assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
+    let status = proxy.wait().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(backend.doc("/doc").unwrap(), "finishing");
 }

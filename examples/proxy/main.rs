@@ -178,7 +178,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     {
         tracing::warn!("in-flight requests still running after the shutdown timeout");
     }
-    println!("stats {}", stats.json(tracked.tracked_resources()).trim_end());
+    println!(
+        "stats {}",
+        stats.json(tracked.tracked_resources()).trim_end()
+    );
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Test support: a naive storage backend with hooks, real loopback servers and clients.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::{
     collections::HashMap,
     future::Future,
@@ -49,6 +51,8 @@ pub const SECOND: Duration = Duration::from_secs(1);
 pub const HOLD: &str = "x-test-hold"; // announce arrival, then wait for `Backend::release`
 pub const STATUS: &str = "x-test-status"; // answer with this status and store nothing
 pub const FAIL: &str = "x-test-fail"; // return a service error
+pub const ECHO: &str = "x-test-echo"; // answer with the request's headers, one "name: value" a line
+pub const HOP: &str = "x-test-hop"; // add connection-specific fields to the response
 pub const SAW_RANGE: &str = "x-test-saw-range"; // set on a GET response when `Range` reached the backend
 
 /// A storage backend with no concurrency control of its own: GET returns a path's document,
@@ -131,6 +135,27 @@ impl Backend {
         }
         if parts.headers.contains_key(FAIL) {
             return Err(io::Error::other("backend failed"));
+        }
+        if parts.headers.contains_key(ECHO) {
+            let mut lines = String::new();
+            for (name, value) in &parts.headers {
+                lines.push_str(&format!(
+                    "{name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+            return Ok(Response::new(Full::new(Bytes::from(lines))));
+        }
+        if parts.headers.contains_key(HOP) {
+            let mut res = reply(StatusCode::OK, "hop");
+            let headers = res.headers_mut();
+            headers.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("x-resp-private"),
+            );
+            headers.insert("x-resp-private", HeaderValue::from_static("1"));
+            headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            return Ok(res);
         }
         if let Some(status) = parts.headers.get(STATUS) {
             let status = StatusCode::from_bytes(status.as_bytes()).unwrap();
@@ -330,6 +355,16 @@ impl HttpClient {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// A client that speaks HTTP/2 with prior knowledge (h2c).
+    pub fn http2(addr: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
             base: format!("http://{addr}"),
         }
     }
