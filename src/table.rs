@@ -4,8 +4,7 @@
 //! for a copy or an update of a version, never across an `.await`; the per-resource write lock
 //! is an async mutex held through an `Arc`, so a writer waits on its own resource only.
 //!
-//! The table can be bounded. When it is full, the least recently used entries (at one-second
-//! resolution) are forgotten, and the **floors** are raised first: the date and the counter every
+//! The table can be bounded. When it is full, the least recently used entries are forgotten, and the **floors** are raised first: the date and the counter every
 //! resource the table does not know starts from. A forgotten resource thus comes back with a
 //! version at least as new as any it had, so a client holding one of its old validators gets
 //! `412`, never a `200` (and its tags never repeat).
@@ -36,6 +35,9 @@ pub(crate) struct VersionTable<K> {
     len: AtomicUsize,
     /// The most entries kept; more trigger an eviction.
     max_entries: usize,
+    /// Advances on every insert; an entry's `last_used` is its value when it was last used, so
+    /// eviction order follows use relative to inserts, which are what fill the table.
+    tick: AtomicU64,
     evicting: AtomicBool,
     /// The date of every resource the table does not know: its start second at first.
     floor: AtomicU64,
@@ -51,24 +53,24 @@ struct Entry {
     /// The headers of the last 2xx read that a `304` must repeat (RFC 9110 §15.4.5).
     cached: Option<Arc<HeaderMap>>,
     write_lock: Arc<Mutex<()>>,
-    /// The second the entry was last used, for eviction.
+    /// The table's `tick` when the entry was last used, for eviction.
     last_used: AtomicU64,
 }
 
 impl Entry {
-    fn new(version: Version, now: u64) -> Self {
+    fn new(version: Version, tick: u64) -> Self {
         Self {
             version,
             cached: None,
             write_lock: Arc::new(Mutex::new(())),
-            last_used: AtomicU64::new(now),
+            last_used: AtomicU64::new(tick),
         }
     }
 
-    fn touch(&self, now: u64) {
-        // A load first: most uses fall in the second of the previous one, and need no store.
-        if self.last_used.load(Ordering::Relaxed) < now {
-            self.last_used.store(now, Ordering::Relaxed);
+    fn touch(&self, tick: u64) {
+        // A load first: most uses come before the next insert, and need no store.
+        if self.last_used.load(Ordering::Relaxed) < tick {
+            self.last_used.store(tick, Ordering::Relaxed);
         }
     }
 
@@ -100,6 +102,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             entries: DashMap::new(),
             len: AtomicUsize::new(0),
             max_entries,
+            tick: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             floor: AtomicU64::new(floor),
             counter_floor: AtomicU64::new(0),
@@ -138,7 +141,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     pub(crate) fn current(&self, key: &K, now: u64) -> Snapshot {
         match self.entries.get(key) {
             Some(entry) if entry.version.redated(now).is_none() => {
-                entry.touch(now);
+                entry.touch(self.tick.load(Ordering::Relaxed));
                 return entry.snapshot();
             }
             Some(_) => {}
@@ -198,7 +201,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
         let now = self.now();
         if let Some(entry) = self.entries.get(key) {
-            entry.touch(now);
+            entry.touch(self.tick.load(Ordering::Relaxed));
             return entry.write_lock.clone();
         }
         self.update(key, now, |entry| entry.write_lock.clone())
@@ -219,11 +222,12 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         let (result, inserted) = match self.entries.entry(key.clone()) {
             MapEntry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
-                entry.touch(now);
+                entry.touch(self.tick.load(Ordering::Relaxed));
                 (change(entry), false)
             }
             MapEntry::Vacant(vacant) => {
-                let mut entry = Entry::new(self.unknown(), now);
+                let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut entry = Entry::new(self.unknown(), tick);
                 let result = change(&mut entry);
                 vacant.insert(entry);
                 (result, true)
@@ -237,6 +241,8 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
 
     /// Forgets about an eighth of the table, least recently used first, down to 7/8 of its
     /// bound. One eviction runs at a time; concurrent inserts meanwhile overshoot briefly.
+    /// It runs on the inserting request, takes each shard's lock in turn (never all at once)
+    /// and costs O(bound), once per bound/8 inserts.
     fn evict(&self) {
         if self.evicting.swap(true, Ordering::AcqRel) {
             return;

@@ -324,6 +324,19 @@ where
     B::Error: Into<BoxError>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, service)
+}
+
+/// Serves `service` on `listener` until the test's runtime ends.
+pub fn serve_on<S, B>(listener: TcpListener, service: S) -> SocketAddr
+where
+    S: Service<Request<ServedBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
