@@ -155,7 +155,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
                 }
             }
         }
-        self.update(key, now, |entry| {
+        self.update(key, |entry| {
             if let Some(redated) = entry.version.redated(now) {
                 entry.version = redated;
             }
@@ -181,8 +181,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         exists: Existence,
         cached: Option<Arc<HeaderMap>>,
     ) {
-        let now = self.now();
-        self.update(key, now, |entry| {
+        self.update(key, |entry| {
             if entry.version.counter == counter {
                 entry.version.exists = exists;
                 entry.cached = cached;
@@ -192,25 +191,23 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
 
     /// Records whether the resource exists, as a probe made under its write lock found.
     pub(crate) fn learn_existence(&self, key: &K, exists: Existence) {
-        let now = self.now();
-        self.update(key, now, |entry| entry.version.exists = exists);
+        self.update(key, |entry| entry.version.exists = exists);
     }
 
     /// The write lock of `key`, to be held from the precondition check until the version bump.
     /// An entry whose lock is held or awaited is never evicted.
     pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
-        let now = self.now();
         if let Some(entry) = self.entries.get(key) {
             entry.touch(self.tick.load(Ordering::Relaxed));
             return entry.write_lock.clone();
         }
-        self.update(key, now, |entry| entry.write_lock.clone())
+        self.update(key, |entry| entry.write_lock.clone())
     }
 
     /// Records a write to `key` at `now` that left the resource as `exists` says, and returns
     /// the new version.
     pub(crate) fn bump(&self, key: &K, now: u64, exists: Existence) -> Version {
-        self.update(key, now, |entry| {
+        self.update(key, |entry| {
             entry.version = entry.version.next(now, exists);
             entry.version
         })
@@ -218,7 +215,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
 
     /// Applies `change` to the entry of `key`, creating it if needed, then evicts if the table
     /// has grown past its bound (with no map guard held).
-    fn update<R>(&self, key: &K, now: u64, change: impl FnOnce(&mut Entry) -> R) -> R {
+    fn update<R>(&self, key: &K, change: impl FnOnce(&mut Entry) -> R) -> R {
         let (result, inserted) = match self.entries.entry(key.clone()) {
             MapEntry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
