@@ -146,7 +146,8 @@ async fn a_bounded_table_forgets_resources_conservatively() {
     // layer may have forgotten it, in which case it must answer 412 (never let a write through
     // on a validator it cannot vouch for); the ones it still tracks succeed.
     let (mut forgotten, mut kept) = (0, 0);
-    for (i, (path, tag, date)) in held.iter().enumerate() {
+    // Most recent first: checking the oldest first would evict the recent ones on the way.
+    for (i, (path, tag, date)) in held.iter().enumerate().rev() {
         let (name, value) = if i % 2 == 0 {
             ("if-match", tag)
         } else {
