@@ -144,7 +144,8 @@ async fn a_bounded_table_forgets_resources_conservatively() {
 
     // Every client still holds the validators of the version it wrote, which is current: the
     // layer may have forgotten it, in which case it must answer 412 (never let a write through
-    // on a validator it cannot vouch for); the ones it still tracks succeed.
+    // on a validator it cannot vouch for; a date can also have become shared with the raised
+    // floor); the ones it still tracks succeed.
     let (mut forgotten, mut kept) = (0, 0);
     // Most recent first: checking the oldest first would evict the recent ones on the way.
     for (i, (path, tag, date)) in held.iter().enumerate().rev() {
@@ -163,12 +164,6 @@ async fn a_bounded_table_forgets_resources_conservatively() {
             StatusCode::PRECONDITION_FAILED => {
                 forgotten += 1;
                 assert_eq!(backend.doc(path).unwrap(), "v1");
-                let resync = call(&mut service, request(Method::GET, path, &[], "")).await;
-                assert_ne!(
-                    resync.header(header::ETAG),
-                    Some(tag.as_str()),
-                    "a tag repeated"
-                );
             }
             other => panic!("unexpected {other}"),
         }
