@@ -1,4 +1,5 @@
 //! No header bytes, path or method can make the layer panic; every answer is one it may give.
+//! Generated: methods, path bytes, and the conditional fields (dates, tags, `Range`).
 
 mod support;
 
@@ -26,6 +27,8 @@ fn method() -> impl Strategy<Value = Method> {
 fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..48),
+        // Near-tags: lists, weak tags, stars, broken quotes.
+        "(\\*|W/)?(\"[a-f0-9.]{0,8}\"?)?( ?, ?(W/)?\"[a-z0-9.]{0,4}\")*".prop_map(String::into_bytes),
         // Near-dates, so the parser's edges get exercised, not only garbage.
         "(Sun|Mon|Sunday), [0-9]{1,3}[ -](Nov|Jun|Xyz)[ -][0-9]{2,5} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|UTC)?"
             .prop_map(String::into_bytes),
@@ -40,7 +43,17 @@ proptest! {
         method in method(),
         path in proptest::collection::vec(any::<u8>(), 0..32),
         headers in proptest::collection::vec(
-            (prop_oneof![Just("if-modified-since"), Just("if-unmodified-since")], header_bytes()),
+            (
+                prop_oneof![
+                    Just("if-modified-since"),
+                    Just("if-unmodified-since"),
+                    Just("if-match"),
+                    Just("if-none-match"),
+                    Just("if-range"),
+                    Just("range"),
+                ],
+                header_bytes(),
+            ),
             0..4,
         ),
     ) {
@@ -63,9 +76,20 @@ proptest! {
             support::call(&mut service, req).await
         });
         let allowed: &[StatusCode] = match method.as_str() {
-            "GET" | "HEAD" => &[StatusCode::OK, StatusCode::NOT_MODIFIED, StatusCode::NOT_FOUND],
-            "POST" | "PUT" | "PATCH" => &[StatusCode::OK, StatusCode::PRECONDITION_FAILED],
-            "DELETE" => &[StatusCode::NO_CONTENT, StatusCode::PRECONDITION_FAILED],
+            "GET" | "HEAD" => &[
+                StatusCode::OK,
+                StatusCode::NOT_MODIFIED,
+                StatusCode::NOT_FOUND,
+                StatusCode::PRECONDITION_FAILED,
+            ],
+            "POST" | "PUT" | "PATCH" => {
+                &[StatusCode::OK, StatusCode::PRECONDITION_FAILED, StatusCode::BAD_REQUEST]
+            }
+            "DELETE" => &[
+                StatusCode::NO_CONTENT,
+                StatusCode::PRECONDITION_FAILED,
+                StatusCode::BAD_REQUEST,
+            ],
             _ => &[StatusCode::METHOD_NOT_ALLOWED],
         };
         prop_assert!(allowed.contains(&reply.status), "{} answered {}", method, reply.status);
