@@ -12,12 +12,21 @@ use crate::clock::unix_secs;
 /// The date in a conditional header, in seconds since the Unix epoch.
 ///
 /// RFC 9110 §13.1.3/§13.1.4: a recipient must ignore the field if its value is not a valid
-/// HTTP-date, or if it has more than one member; so does a header that appears twice.
-pub(crate) fn parse_date_header(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+/// HTTP-date, or if it has more than one member; so does a header that appears twice. A value
+/// spelled exactly as the layer writes `expected` is recognized without parsing: clients echo
+/// the dates they were given, so that is the common case.
+pub(crate) fn parse_date_header_expecting(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    expected: u64,
+) -> Option<u64> {
     let mut values = headers.get_all(name).iter();
     let value = values.next()?;
     if values.next().is_some() {
         return None;
+    }
+    if value.as_bytes() == header_value(expected).as_bytes() {
+        return Some(expected);
     }
     let date = httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()?;
     Some(unix_secs(date))
@@ -69,7 +78,8 @@ mod tests {
             "Sunday, 06-Nov-94 08:49:37 GMT",
             "Sun Nov  6 08:49:37 1994",
         ] {
-            let parsed = parse_date_header(&headers(&[date.as_bytes()]), &IF_MODIFIED_SINCE);
+            let parsed =
+                parse_date_header_expecting(&headers(&[date.as_bytes()]), &IF_MODIFIED_SINCE, 0);
             assert_eq!(parsed, Some(784111777), "{date}");
         }
     }
@@ -85,8 +95,27 @@ mod tests {
             headers(&[b"Sun, 06 Nov 1994 08:49:37 GMT\xff"]),
             headers(&[b"Sun, 32 Nov 1994 08:49:37 GMT"]),
         ] {
-            assert_eq!(parse_date_header(&bad, &IF_MODIFIED_SINCE), None, "{bad:?}");
+            assert_eq!(
+                parse_date_header_expecting(&bad, &IF_MODIFIED_SINCE, 0),
+                None,
+                "{bad:?}"
+            );
         }
+    }
+
+    #[test]
+    fn the_expected_spelling_is_recognized_and_others_are_parsed() {
+        let expecting =
+            |v: &[u8]| parse_date_header_expecting(&headers(&[v]), &IF_MODIFIED_SINCE, 784111777);
+        assert_eq!(expecting(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784111777));
+        assert_eq!(expecting(b"Sun Nov  6 08:49:37 1994"), Some(784111777));
+        assert_eq!(expecting(b"Sun, 06 Nov 1994 08:49:38 GMT"), Some(784111778));
+        assert_eq!(expecting(b"garbage"), None);
+        let one = b"Sun, 06 Nov 1994 08:49:37 GMT".as_slice();
+        assert_eq!(
+            parse_date_header_expecting(&headers(&[one, one]), &IF_MODIFIED_SINCE, 784111777),
+            None
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! random when a version table starts, so a tag issued before a restart never names a version
 //! issued after it, and the counter is the version's own.
 
+use std::cell::RefCell;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The strong entity tag of one version of one resource.
@@ -15,7 +17,28 @@ pub(crate) struct Tag {
 }
 
 impl Tag {
+    /// The `ETag` header value. Recently used values are cached per thread: a hot resource's
+    /// tag is formatted once per version, not once per response.
     pub(crate) fn header_value(self) -> HeaderValue {
+        const SLOTS: usize = 64;
+        thread_local! {
+            static CACHE: RefCell<Vec<Option<(Tag, HeaderValue)>>> = RefCell::new(vec![None; SLOTS]);
+        }
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let slot = &mut cache[(self.counter ^ self.instance) as usize % SLOTS];
+            match slot {
+                Some((tag, value)) if *tag == self => value.clone(),
+                _ => {
+                    let value = self.format();
+                    *slot = Some((self, value.clone()));
+                    value
+                }
+            }
+        })
+    }
+
+    fn format(self) -> HeaderValue {
         let formatted = format!("\"{:x}.{:x}\"", self.instance, self.counter);
         HeaderValue::try_from(formatted).expect("hex digits, a dot and quotes are a valid value")
     }

@@ -1,7 +1,7 @@
 //! RFC 9110 §13.2.2: which precondition decides a request, in which order, and what it decides.
 
 use http::{
-    header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, RANGE},
+    header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE},
     HeaderMap, Method,
 };
 
@@ -43,12 +43,14 @@ pub(crate) struct Conditions {
 }
 
 impl Conditions {
-    pub(crate) fn parse(headers: &HeaderMap, current: Tag) -> Self {
+    /// The conditions of `headers`, against the version `current` whose tag is `tag`.
+    pub(crate) fn parse(headers: &HeaderMap, tag: Tag, current: Version) -> Self {
+        let date = |name| date::parse_date_header_expecting(headers, name, current.modified);
         Self {
-            if_match: TagCondition::parse(headers, &IF_MATCH, current),
-            if_unmodified_since: date::parse_date_header(headers, &IF_UNMODIFIED_SINCE),
-            if_none_match: TagCondition::parse(headers, &IF_NONE_MATCH, current),
-            if_modified_since: date::parse_date_header(headers, &IF_MODIFIED_SINCE),
+            if_match: TagCondition::parse(headers, &IF_MATCH, tag),
+            if_unmodified_since: date(&IF_UNMODIFIED_SINCE),
+            if_none_match: TagCondition::parse(headers, &IF_NONE_MATCH, tag),
+            if_modified_since: date(&IF_MODIFIED_SINCE),
         }
     }
 
@@ -138,6 +140,21 @@ const MALFORMED_IF_NONE_MATCH: &str =
     "400 Bad Request: If-None-Match must be * or a comma-separated \
 list of entity-tags such as \"abc.1\" (quotes included).\n";
 
+/// Removes the conditional fields from a request the layer forwards: it has evaluated them
+/// against its own versions, and a backend that evaluated them again against its own validators
+/// (which never match the layer's) would refuse or short-circuit requests the layer let through.
+pub(crate) fn remove_conditions(headers: &mut HeaderMap) {
+    for name in [
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Step 5: a `GET` whose `If-Range` does not name the current version is served in full, so
 /// its `Range` must not reach the inner service (§13.1.5). `If-Range` without `Range`, or on
 /// another method, is ignored.
@@ -185,7 +202,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        Conditions::parse(&headers, TAG)
+        Conditions::parse(&headers, TAG, version(Existence::Exists))
     }
 
     #[test]

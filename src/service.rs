@@ -131,7 +131,7 @@ impl<S, K: ExtractKey> Conditional<S, K> {
         let snapshot = self.table.current(&key, now);
         let version = snapshot.version;
         let tag = self.table.tag(version);
-        let if_exists = match Conditions::parse(request.headers(), tag)
+        let if_exists = match Conditions::parse(request.headers(), tag, version)
             .verdict(false, version, false)
         {
             Verdict::Decided(Decision::Forward) => None,
@@ -147,6 +147,7 @@ impl<S, K: ExtractKey> Conditional<S, K> {
         if precondition::range_must_be_dropped(request.method(), request.headers(), version, tag) {
             request.headers_mut().remove(RANGE);
         }
+        precondition::remove_conditions(request.headers_mut());
         let read = ReadInFlight {
             table: self.table.clone(),
             key,

@@ -16,10 +16,7 @@ use std::{future::poll_fn, future::Future, hash::Hash, sync::Arc, time::Duration
 
 use bytes::Bytes;
 use http::{
-    header::{
-        CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-        IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
-    },
+    header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RANGE, TRANSFER_ENCODING},
     HeaderMap, Method, Request, Response, StatusCode,
 };
 use http_body::Body;
@@ -29,7 +26,7 @@ use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
-    precondition::{Conditions, Decision, Verdict},
+    precondition::{self, Conditions, Decision, Verdict},
     request_body::FromBytes,
     table::VersionTable,
     version::Existence,
@@ -102,7 +99,7 @@ where
         Ok(body) => body,
         Err(body) => return Ok(Prepared::Answer(Answer::plain(body.0, body.1, table.now()))),
     };
-    let request = Request::from_parts(parts, ReqBody::from_bytes(body));
+    let mut request = Request::from_parts(parts, ReqBody::from_bytes(body));
 
     let lock = table.write_lock(&key);
     let guard = match lock.clone().try_lock_owned() {
@@ -137,6 +134,7 @@ where
         }
     }
 
+    precondition::remove_conditions(request.headers_mut());
     let on_success = match *request.method() {
         Method::DELETE => Existence::Absent,
         _ => Existence::Exists,
@@ -220,7 +218,7 @@ fn evaluate<Key: Hash + Eq + Clone>(
     require_precondition: bool,
 ) -> Step {
     let version = table.peek(key);
-    let conditions = Conditions::parse(headers, table.tag(version));
+    let conditions = Conditions::parse(headers, table.tag(version), version);
     let decision = match conditions.verdict(true, version, require_precondition) {
         Verdict::Decided(decision) => decision,
         Verdict::DependsOnExistence { .. } => return Step::Probe,
@@ -273,12 +271,8 @@ fn probe_request<ReqBody: FromBytes>(
     *probe.extensions_mut() = original.extensions().clone();
     let headers = probe.headers_mut();
     *headers = original.headers().clone();
+    precondition::remove_conditions(headers);
     for name in [
-        IF_MATCH,
-        IF_NONE_MATCH,
-        IF_MODIFIED_SINCE,
-        IF_UNMODIFIED_SINCE,
-        IF_RANGE,
         RANGE,
         CONTENT_LENGTH,
         CONTENT_TYPE,

@@ -93,7 +93,7 @@ async fn a_key_function_joins_endpoints_and_lets_others_pass() {
     .await;
     assert_eq!(read.status, StatusCode::NOT_MODIFIED);
 
-    // `None`: untouched, the backend's own Last-Modified included.
+    // `None`: untouched. The condition reaches the backend, which evaluates it itself.
     let stale = date_at(0);
     let passed = call(
         &mut service,
@@ -105,11 +105,11 @@ async fn a_key_function_joins_endpoints_and_lets_others_pass() {
         ),
     )
     .await;
-    assert_eq!(passed.status, StatusCode::OK);
-    assert_eq!(
-        passed.last_modified(),
-        Some("Mon, 01 Jan 2001 00:00:00 GMT")
-    );
+    assert_eq!(passed.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(passed.text(), support::BACKEND_PRECONDITION);
+    assert!(passed.header(http::header::ETAG).is_none(), "not stamped");
+    let plain = call(&mut service, request(Method::PUT, "/elsewhere", &[], "x")).await;
+    assert_eq!(plain.last_modified(), Some("Mon, 01 Jan 2001 00:00:00 GMT"));
     assert_eq!(layer.tracked_resources(), 1);
 }
 

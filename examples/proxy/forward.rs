@@ -206,7 +206,7 @@ impl Service<Request<RequestBody>> for Forward {
                     return Ok(res);
                 }
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "upstream error");
+                    tracing::warn!(error = ?err, "upstream error");
                     text(StatusCode::BAD_GATEWAY, BAD_GATEWAY)
                 }
                 Err(_) => {

@@ -51,6 +51,8 @@ pub const SECOND: Duration = Duration::from_secs(1);
 pub const HOLD: &str = "x-test-hold"; // announce arrival, then wait for `Backend::release`
 pub const STATUS: &str = "x-test-status"; // answer with this status and store nothing
 pub const FAIL: &str = "x-test-fail"; // return a service error
+/// The body of the backend's own 412, given when a conditional header reaches it.
+pub const BACKEND_PRECONDITION: &str = "the backend evaluated a conditional header";
 pub const ECHO: &str = "x-test-echo"; // answer with the request's headers, one "name: value" a line
 pub const HOP: &str = "x-test-hop"; // add connection-specific fields to the response
 pub const SAW_RANGE: &str = "x-test-saw-range"; // set on a GET response when `Range` reached the backend
@@ -135,6 +137,31 @@ impl Backend {
         }
         if parts.headers.contains_key(FAIL) {
             return Err(io::Error::other("backend failed"));
+        }
+        // Like nginx, a backend that evaluates preconditions against its own validators, which
+        // never match the layer's: the layer must not forward the conditions it evaluated.
+        let conditional = [
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ];
+        let tracked_method = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::POST
+                | Method::PUT
+                | Method::PATCH
+                | Method::DELETE
+        );
+        if tracked_method
+            && conditional
+                .iter()
+                .any(|name| parts.headers.contains_key(name))
+        {
+            return Ok(reply(StatusCode::PRECONDITION_FAILED, BACKEND_PRECONDITION));
         }
         if parts.headers.contains_key(ECHO) {
             let mut lines = String::new();
