@@ -2,7 +2,7 @@
 
 use http::{
     header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE},
-    HeaderMap, Method,
+    HeaderMap, HeaderName, Method,
 };
 
 use crate::{
@@ -40,17 +40,61 @@ pub(crate) struct Conditions {
     if_unmodified_since: Option<u64>,
     if_none_match: TagCondition,
     if_modified_since: Option<u64>,
+    /// Whether any conditional field is in the request, valid or not.
+    present: bool,
+    /// Whether the request has a `Range`.
+    range: bool,
 }
 
 impl Conditions {
     /// The conditions of `headers`, against the version `current` whose tag is `tag`.
     pub(crate) fn parse(headers: &HeaderMap, tag: Tag, current: Version) -> Self {
+        // One pass over the (usually few) fields first: most requests carry no condition, and
+        // then nothing is looked up.
+        let (mut present, mut range) = (false, false);
+        for name in headers.keys() {
+            present |= CONDITIONAL.contains(name);
+            range |= name == RANGE;
+        }
+        if !present {
+            return Self {
+                if_match: TagCondition::Absent,
+                if_unmodified_since: None,
+                if_none_match: TagCondition::Absent,
+                if_modified_since: None,
+                present,
+                range,
+            };
+        }
         let date = |name| date::parse_date_header_expecting(headers, name, current.modified);
         Self {
             if_match: TagCondition::parse(headers, &IF_MATCH, tag),
             if_unmodified_since: date(&IF_UNMODIFIED_SINCE),
             if_none_match: TagCondition::parse(headers, &IF_NONE_MATCH, tag),
             if_modified_since: date(&IF_MODIFIED_SINCE),
+            present,
+            range,
+        }
+    }
+
+    /// Prepares a request the layer forwards: drops `Range` if step 5 says so, and removes the
+    /// conditional fields. The layer has evaluated them against its own versions; a backend that
+    /// evaluated them again against its own validators (which never match the layer's) would
+    /// refuse or short-circuit requests the layer let through.
+    pub(crate) fn strip(
+        &self,
+        method: &Method,
+        headers: &mut HeaderMap,
+        version: Version,
+        tag: Tag,
+    ) {
+        if self.range && range_must_be_dropped(method, headers, version, tag) {
+            headers.remove(RANGE);
+        }
+        if self.present {
+            for name in &CONDITIONAL {
+                headers.remove(name);
+            }
         }
     }
 
@@ -140,17 +184,17 @@ const MALFORMED_IF_NONE_MATCH: &str =
     "400 Bad Request: If-None-Match must be * or a comma-separated \
 list of entity-tags such as \"abc.1\" (quotes included).\n";
 
-/// Removes the conditional fields from a request the layer forwards: it has evaluated them
-/// against its own versions, and a backend that evaluated them again against its own validators
-/// (which never match the layer's) would refuse or short-circuit requests the layer let through.
+const CONDITIONAL: [HeaderName; 5] = [
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+];
+
+/// Removes every conditional field (for the layer's own probe requests).
 pub(crate) fn remove_conditions(headers: &mut HeaderMap) {
-    for name in [
-        IF_MATCH,
-        IF_NONE_MATCH,
-        IF_MODIFIED_SINCE,
-        IF_UNMODIFIED_SINCE,
-        IF_RANGE,
-    ] {
+    for name in &CONDITIONAL {
         headers.remove(name);
     }
 }

@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::RANGE, Method, Request, Response};
+use http::{Method, Request, Response};
 use tower_service::Service;
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
     body::ResponseBody,
     future::{ReadInFlight, ResponseFuture},
     key::{ExtractKey, PathKey},
-    precondition::{self, Conditions, Decision, Verdict},
+    precondition::{Conditions, Decision, Verdict},
     request_body::FromBytes,
     table::VersionTable,
     write::{self, Config},
@@ -131,9 +131,8 @@ impl<S, K: ExtractKey> Conditional<S, K> {
         let snapshot = self.table.current(&key, now);
         let version = snapshot.version;
         let tag = self.table.tag(version);
-        let if_exists = match Conditions::parse(request.headers(), tag, version)
-            .verdict(false, version, false)
-        {
+        let conditions = Conditions::parse(request.headers(), tag, version);
+        let if_exists = match conditions.verdict(false, version, false) {
             Verdict::Decided(Decision::Forward) => None,
             Verdict::Decided(Decision::NotModified) => {
                 return ResponseFuture::answered(Answer::not_modified(snapshot, tag, now));
@@ -144,10 +143,8 @@ impl<S, K: ExtractKey> Conditional<S, K> {
             // A `*` on a resource whose existence is unknown: the response will tell.
             Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
         };
-        if precondition::range_must_be_dropped(request.method(), request.headers(), version, tag) {
-            request.headers_mut().remove(RANGE);
-        }
-        precondition::remove_conditions(request.headers_mut());
+        let method = request.method().clone();
+        conditions.strip(&method, request.headers_mut(), version, tag);
         let read = ReadInFlight {
             table: self.table.clone(),
             key,
