@@ -52,7 +52,8 @@ struct Entry {
     version: Version,
     /// The headers of the last 2xx read that a `304` must repeat (RFC 9110 §15.4.5).
     cached: Option<Arc<HeaderMap>>,
-    write_lock: Arc<Mutex<()>>,
+    /// Made by the first write: a resource that is only read never pays for one.
+    write_lock: Option<Arc<Mutex<()>>>,
     /// The table's `tick` when the entry was last used, for eviction.
     last_used: AtomicU64,
 }
@@ -62,7 +63,7 @@ impl Entry {
         Self {
             version,
             cached: None,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: None,
             last_used: AtomicU64::new(tick),
         }
     }
@@ -198,10 +199,14 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     /// An entry whose lock is held or awaited is never evicted.
     pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
         if let Some(entry) = self.entries.get(key) {
-            entry.touch(self.tick.load(Ordering::Relaxed));
-            return entry.write_lock.clone();
+            if let Some(lock) = &entry.write_lock {
+                entry.touch(self.tick.load(Ordering::Relaxed));
+                return lock.clone();
+            }
         }
-        self.update(key, |entry| entry.write_lock.clone())
+        self.update(key, |entry| {
+            entry.write_lock.get_or_insert_with(Arc::default).clone()
+        })
     }
 
     /// Records a write to `key` at `now` that left the resource as `exists` says, and returns
@@ -279,7 +284,10 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             self.entries.retain(|_, entry| {
                 let forget = removed < excess
                     && entry.last_used.load(Ordering::Relaxed) <= cutoff
-                    && Arc::strong_count(&entry.write_lock) == 1
+                    && entry
+                        .write_lock
+                        .as_ref()
+                        .is_none_or(|lock| Arc::strong_count(lock) == 1)
                     && entry.version.counter < counter_floor
                     && entry.version.modified <= floor;
                 removed += usize::from(forget);
@@ -426,5 +434,9 @@ mod tests {
             "a writer's lock was forgotten"
         );
         assert!(Arc::ptr_eq(&table.write_lock(&KEYS[0]), &lock));
+        assert!(table
+            .entries
+            .get(KEYS[1])
+            .is_none_or(|e| e.write_lock.is_none()));
     }
 }
