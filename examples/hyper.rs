@@ -63,7 +63,7 @@ async fn store(docs: Docs, req: Request<RequestBody>) -> Result<Response<Full<By
 async fn main() -> std::io::Result<()> {
     let docs = Docs::default();
     let service = ServiceBuilder::new()
-        // hyper's `Incoming` has no `Default`, which the layer needs to probe for existence.
+        // The layer rebuilds write bodies it has read (`FromBytes`); hyper's `Incoming` is boxed.
         .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
         .layer(ConditionalLayer::new())
         .service(service_fn(move |req| store(docs.clone(), req)));

@@ -337,7 +337,7 @@ where
 }
 
 /// The request body `serve` hands to its service: hyper's, boxed, since the layer needs a
-/// body type with a `Default` (for the requests that probe whether a resource exists).
+/// body type it can rebuild from bytes (`FromBytes`).
 pub type ServedBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Serves `service` on 127.0.0.1 with a port the OS picks, until the test's runtime ends.
