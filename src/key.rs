@@ -49,10 +49,11 @@ where
 pub struct PathKey;
 
 impl ExtractKey for PathKey {
-    type Key = String;
+    /// A boxed `str` rather than a `String`: 8 bytes less in every tracked resource.
+    type Key = Box<str>;
 
-    fn extract_key(&self, parts: &Parts) -> Option<String> {
-        Some(normalize_path(parts.uri.path()).into_owned())
+    fn extract_key(&self, parts: &Parts) -> Option<Box<str>> {
+        Some(normalize_path(parts.uri.path()).into())
     }
 }
 

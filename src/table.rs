@@ -13,7 +13,7 @@ use std::{
     collections::hash_map::RandomState,
     hash::{BuildHasher, Hash},
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::SystemTime,
@@ -36,8 +36,9 @@ pub(crate) struct VersionTable<K> {
     /// The most entries kept; more trigger an eviction.
     max_entries: usize,
     /// Advances on every insert; an entry's `last_used` is its value when it was last used, so
-    /// eviction order follows use relative to inserts, which are what fill the table.
-    tick: AtomicU64,
+    /// eviction order follows use relative to inserts, which are what fill the table. (It wraps
+    /// after 2^32 inserts, which only misorders recency for a moment.)
+    tick: AtomicU32,
     evicting: AtomicBool,
     /// The date of every resource the table does not know: its start second at first.
     floor: AtomicU64,
@@ -48,37 +49,96 @@ pub(crate) struct VersionTable<K> {
     clock: Arc<dyn Clock>,
 }
 
+/// One resource, in 24 bytes: the table holds many of them.
 struct Entry {
-    version: Version,
+    /// The version's counter, with its ambiguity and existence in the top bits.
+    counter_and_flags: u64,
+    /// The version's `Last-Modified` in seconds since the Unix epoch (good until 2106).
+    modified: u32,
+    /// The table's `tick` when the entry was last used, for eviction.
+    last_used: AtomicU32,
+    /// What only some resources need, allocated when first needed.
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Default)]
+struct Extras {
     /// The headers of the last 2xx read that a `304` must repeat (RFC 9110 §15.4.5).
     cached: Option<Arc<HeaderMap>>,
     /// Made by the first write: a resource that is only read never pays for one.
     write_lock: Option<Arc<Mutex<()>>>,
-    /// The table's `tick` when the entry was last used, for eviction.
-    last_used: AtomicU64,
 }
 
+const AMBIGUOUS: u64 = 1 << 63;
+const EXISTS: u64 = 1 << 62;
+const ABSENT: u64 = 1 << 61;
+const COUNTER: u64 = ABSENT - 1;
+
 impl Entry {
-    fn new(version: Version, tick: u64) -> Self {
-        Self {
-            version,
-            cached: None,
-            write_lock: None,
-            last_used: AtomicU64::new(tick),
+    fn new(version: Version, tick: u32) -> Self {
+        let mut entry = Self {
+            counter_and_flags: 0,
+            modified: 0,
+            last_used: AtomicU32::new(tick),
+            extras: None,
+        };
+        entry.set_version(version);
+        entry
+    }
+
+    fn version(&self) -> Version {
+        let packed = self.counter_and_flags;
+        Version {
+            counter: packed & COUNTER,
+            modified: u64::from(self.modified),
+            ambiguous: packed & AMBIGUOUS != 0,
+            exists: if packed & EXISTS != 0 {
+                Existence::Exists
+            } else if packed & ABSENT != 0 {
+                Existence::Absent
+            } else {
+                Existence::Unknown
+            },
         }
     }
 
-    fn touch(&self, tick: u64) {
+    fn set_version(&mut self, version: Version) {
+        let flags = match version.exists {
+            Existence::Exists => EXISTS,
+            Existence::Absent => ABSENT,
+            Existence::Unknown => 0,
+        } | if version.ambiguous { AMBIGUOUS } else { 0 };
+        self.counter_and_flags = version.counter.min(COUNTER) | flags;
+        self.modified = u32::try_from(version.modified).unwrap_or(u32::MAX);
+    }
+
+    fn cached(&self) -> Option<Arc<HeaderMap>> {
+        self.extras
+            .as_ref()
+            .and_then(|extras| extras.cached.clone())
+    }
+
+    fn write_lock(&self) -> Option<&Arc<Mutex<()>>> {
+        self.extras
+            .as_ref()
+            .and_then(|extras| extras.write_lock.as_ref())
+    }
+
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    fn touch(&self, tick: u32) {
         // A load first: most uses come before the next insert, and need no store.
-        if self.last_used.load(Ordering::Relaxed) < tick {
+        if self.last_used.load(Ordering::Relaxed) != tick {
             self.last_used.store(tick, Ordering::Relaxed);
         }
     }
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            version: self.version,
-            cached: self.cached.clone(),
+            version: self.version(),
+            cached: self.cached(),
         }
     }
 }
@@ -103,7 +163,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             entries: DashMap::new(),
             len: AtomicUsize::new(0),
             max_entries,
-            tick: AtomicU64::new(0),
+            tick: AtomicU32::new(0),
             evicting: AtomicBool::new(false),
             floor: AtomicU64::new(floor),
             counter_floor: AtomicU64::new(0),
@@ -132,7 +192,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     /// The current version of `key`, as it is.
     pub(crate) fn peek(&self, key: &K) -> Version {
         match self.entries.get(key) {
-            Some(entry) => entry.version,
+            Some(entry) => entry.version(),
             None => self.unknown(),
         }
     }
@@ -141,7 +201,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     /// later second (the re-dated version is stored, so every client sees the same date).
     pub(crate) fn current(&self, key: &K, now: u64) -> Snapshot {
         match self.entries.get(key) {
-            Some(entry) if entry.version.redated(now).is_none() => {
+            Some(entry) if entry.version().redated(now).is_none() => {
                 entry.touch(self.tick.load(Ordering::Relaxed));
                 return entry.snapshot();
             }
@@ -157,8 +217,8 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             }
         }
         self.update(key, |entry| {
-            if let Some(redated) = entry.version.redated(now) {
-                entry.version = redated;
+            if let Some(redated) = entry.version().redated(now) {
+                entry.set_version(redated);
             }
             entry.snapshot()
         })
@@ -183,29 +243,39 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         cached: Option<Arc<HeaderMap>>,
     ) {
         self.update(key, |entry| {
-            if entry.version.counter == counter {
-                entry.version.exists = exists;
-                entry.cached = cached;
+            let version = entry.version();
+            if version.counter == counter {
+                entry.set_version(Version { exists, ..version });
+                if cached.is_some() || entry.cached().is_some() {
+                    entry.extras().cached = cached;
+                }
             }
         });
     }
 
     /// Records whether the resource exists, as a probe made under its write lock found.
     pub(crate) fn learn_existence(&self, key: &K, exists: Existence) {
-        self.update(key, |entry| entry.version.exists = exists);
+        self.update(key, |entry| {
+            let version = entry.version();
+            entry.set_version(Version { exists, ..version });
+        });
     }
 
     /// The write lock of `key`, to be held from the precondition check until the version bump.
     /// An entry whose lock is held or awaited is never evicted.
     pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
         if let Some(entry) = self.entries.get(key) {
-            if let Some(lock) = &entry.write_lock {
+            if let Some(lock) = entry.write_lock() {
                 entry.touch(self.tick.load(Ordering::Relaxed));
                 return lock.clone();
             }
         }
         self.update(key, |entry| {
-            entry.write_lock.get_or_insert_with(Arc::default).clone()
+            entry
+                .extras()
+                .write_lock
+                .get_or_insert_with(Arc::default)
+                .clone()
         })
     }
 
@@ -213,8 +283,9 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     /// the new version.
     pub(crate) fn bump(&self, key: &K, now: u64, exists: Existence) -> Version {
         self.update(key, |entry| {
-            entry.version = entry.version.next(now, exists);
-            entry.version
+            let next = entry.version().next(now, exists);
+            entry.set_version(next);
+            next
         })
     }
 
@@ -254,7 +325,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
         if excess > 0 {
             // Pass 1: the recency below which `excess` entries fall, and the newest version
             // among them.
-            let mut recency: Vec<u64> = self
+            let mut recency: Vec<u32> = self
                 .entries
                 .iter()
                 .map(|e| e.last_used.load(Ordering::Relaxed))
@@ -264,8 +335,9 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             let (mut counter, mut modified) = (0, 0);
             for entry in self.entries.iter() {
                 if entry.last_used.load(Ordering::Relaxed) <= cutoff {
-                    counter = counter.max(entry.version.counter);
-                    modified = modified.max(entry.version.modified);
+                    let version = entry.version();
+                    counter = counter.max(version.counter);
+                    modified = modified.max(version.modified);
                 }
             }
             // The floors rise before anything is removed: a reader that misses an entry must
@@ -282,14 +354,14 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             // awaits, or that a write has moved past the floors since pass 1.
             let mut removed = 0;
             self.entries.retain(|_, entry| {
+                let version = entry.version();
                 let forget = removed < excess
                     && entry.last_used.load(Ordering::Relaxed) <= cutoff
                     && entry
-                        .write_lock
-                        .as_ref()
+                        .write_lock()
                         .is_none_or(|lock| Arc::strong_count(lock) == 1)
-                    && entry.version.counter < counter_floor
-                    && entry.version.modified <= floor;
+                    && version.counter < counter_floor
+                    && version.modified <= floor;
                 removed += usize::from(forget);
                 !forget
             });
@@ -379,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_packs_every_version_it_holds() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        for exists in [Existence::Unknown, Existence::Exists, Existence::Absent] {
+            for ambiguous in [false, true] {
+                for counter in [0, 1, 12345, COUNTER] {
+                    let version = Version {
+                        counter,
+                        modified: 4_102_444_800, // 2100-01-01
+                        ambiguous,
+                        exists,
+                    };
+                    assert_eq!(Entry::new(version, 0).version(), version);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn write_lock_is_per_resource() {
         let table = table_at(1000);
         let a = table.write_lock(&"/a");
@@ -437,6 +527,6 @@ mod tests {
         assert!(table
             .entries
             .get(KEYS[1])
-            .is_none_or(|e| e.write_lock.is_none()));
+            .is_none_or(|e| e.write_lock().is_none()));
     }
 }
