@@ -179,7 +179,7 @@ async fn an_upstream_answering_after_the_timeout_gets_504_and_a_grace_period() {
     let upstream = support::serve(backend.service()).await;
     let (_proxy, client) = proxy_for(
         upstream,
-        &["--upstream-timeout", "0.3", "--timeout-grace", "0.5"],
+        &["--upstream-timeout", "1", "--timeout-grace", "1"],
     )
     .await;
     let saved = client.send(Method::PUT, "/doc", &[], "v1").await;
