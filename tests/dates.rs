@@ -14,11 +14,7 @@ const DOC: &str = "/doc";
 
 #[tokio::test]
 async fn two_writes_in_one_second_share_a_date_that_validates_nothing() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (clock, backend, mut service) = support::layered();
     clock.advance(SECOND);
 
     let first = call(&mut service, request(Method::PUT, DOC, &[], "1")).await;
@@ -132,11 +128,7 @@ async fn a_412_re_dates_an_ambiguous_version_once_the_second_has_passed() {
 
 #[tokio::test]
 async fn an_unseen_resource_is_dated_at_the_ambiguous_start_second() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (_clock, backend, mut service) = support::layered();
     call(
         &mut backend.service(),
         request(Method::PUT, DOC, &[], "old"),
@@ -239,11 +231,7 @@ async fn last_modified_never_goes_backward_nor_past_the_date_it_travels_with() {
 
 #[tokio::test]
 async fn invalid_and_repeated_date_headers_are_ignored() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (clock, backend, mut service) = support::layered();
     clock.advance(SECOND);
     let saved = call(&mut service, request(Method::PUT, DOC, &[], "1")).await;
     let current = saved.last_modified().unwrap().to_owned();

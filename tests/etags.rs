@@ -57,11 +57,7 @@ async fn every_write_gets_a_new_tag_and_re_dating_keeps_it() {
 
 #[tokio::test]
 async fn etag_clients_write_a_hot_resource_without_waiting_for_the_clock() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (clock, backend, mut service) = support::layered();
     clock.advance(SECOND);
     let mut tag = call(&mut service, request(Method::PUT, DOC, &[], "0"))
         .await

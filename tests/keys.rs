@@ -9,11 +9,7 @@ use tower_conditional::ConditionalLayer;
 
 #[tokio::test]
 async fn spellings_of_one_path_share_one_version() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (clock, _backend, mut service) = support::layered();
     clock.advance(SECOND);
     let saved = call(&mut service, request(Method::PUT, "/a/./b", &[], "1")).await;
     assert_eq!(saved.last_modified(), Some(date_at(1).as_str()));
@@ -115,11 +111,7 @@ async fn a_key_function_joins_endpoints_and_lets_others_pass() {
 
 #[tokio::test]
 async fn other_methods_pass_through_untouched() {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (_clock, backend, mut service) = support::layered();
     let stale = date_at(0);
     for method in [
         Method::OPTIONS,

@@ -24,11 +24,7 @@ const DOC: &str = "/doc";
 type Layered = Conditional<Backend>;
 
 async fn saved_doc() -> (Backend, ManualClock, Layered) {
-    let clock = support::manual_clock();
-    let backend = Backend::default();
-    let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
-        .layer(backend.service());
+    let (clock, backend, mut service) = support::layered();
     clock.advance(SECOND);
     let saved = call(&mut service, request(Method::PUT, DOC, &[], "v1")).await;
     assert_eq!(saved.last_modified(), Some(date_at(1).as_str()));

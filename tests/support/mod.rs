@@ -47,6 +47,19 @@ pub fn manual_clock() -> ManualClock {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// A fresh backend behind a fresh layer on a manual clock at the start of test time.
+pub fn layered() -> (
+    ManualClock,
+    Backend,
+    tower_conditional::Conditional<Backend>,
+) {
+    let clock = manual_clock();
+    let backend = Backend::default();
+    let layer = tower_conditional::ConditionalLayer::new().clock(clock.clone());
+    let service = tower::Layer::layer(&layer, backend.clone());
+    (clock, backend, service)
+}
+
 /// Request headers that steer the backend in one request.
 pub const HOLD: &str = "x-test-hold"; // announce arrival, then wait for `Backend::release`
 pub const STATUS: &str = "x-test-status"; // answer with this status and store nothing
