@@ -139,6 +139,8 @@ fn cases() -> Vec<Case> {
         case("13.1.2 PUT INM * missing creates", Missing, PUT, &[("if-none-match", "*")], 200, true),
         case("13.1.2 PUT INM * unseen existing (probed)", UnseenExisting, PUT, &[("if-none-match", "*")], 412, false),
         case("13.1.2 PUT INM * unseen missing (probed)", UnseenMissing, PUT, &[("if-none-match", "*")], 200, true),
+        case("13.1.2 PUT INM * unseen existing, HEAD refused: probed with GET", UnseenExisting, PUT, &[("if-none-match", "*"), ("x-test-no-head", "1")], 412, false),
+        case("13.1.2 PUT INM * unseen missing, HEAD refused: probed with GET", UnseenMissing, PUT, &[("if-none-match", "*"), ("x-test-no-head", "1")], 200, true),
         case("13.1.2 PUT INM * when the probe cannot tell: 503", UnseenExisting, PUT, &[("if-none-match", "*"), ("x-test-status", "500")], 503, false),
         case("13.1.2 PUT INM current tag", Existing, PUT, &[("if-none-match", "{etag}")], 412, false),
         case("13.1.2 PUT INM weak form of current tag", Existing, PUT, &[("if-none-match", "{weak}")], 412, false),

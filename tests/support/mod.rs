@@ -66,6 +66,7 @@ pub const STATUS: &str = "x-test-status"; // answer with this status and store n
 pub const FAIL: &str = "x-test-fail"; // return a service error
 /// The body of the backend's own 412, given when a conditional header reaches it.
 pub const BACKEND_PRECONDITION: &str = "the backend evaluated a conditional header";
+pub const NO_HEAD: &str = "x-test-no-head"; // answer HEAD with 405, as some backends do
 pub const ECHO: &str = "x-test-echo"; // answer with the request's headers, one "name: value" a line
 pub const HOP: &str = "x-test-hop"; // add connection-specific fields to the response
 pub const SAW_RANGE: &str = "x-test-saw-range"; // set on a GET response when `Range` reached the backend
@@ -175,6 +176,9 @@ impl Backend {
                 .any(|name| parts.headers.contains_key(name))
         {
             return Ok(reply(StatusCode::PRECONDITION_FAILED, BACKEND_PRECONDITION));
+        }
+        if parts.method == Method::HEAD && parts.headers.contains_key(NO_HEAD) {
+            return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "no HEAD here"));
         }
         if parts.headers.contains_key(ECHO) {
             let mut lines = String::new();
