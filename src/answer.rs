@@ -10,7 +10,11 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
 };
 
-use crate::{body::ResponseBody, date, etag::Tag, table::Snapshot, version::Version};
+use crate::{
+    body::ResponseBody,
+    date,
+    store::{Snapshot, Version},
+};
 
 /// A response the layer gives without (or instead of) the inner service's.
 #[derive(Debug)]
@@ -18,7 +22,7 @@ pub(crate) struct Answer {
     status: StatusCode,
     body: &'static str,
     /// The version whose validators the answer carries.
-    stamp: Option<(Version, Tag)>,
+    stamp: Option<Version>,
     /// What a `304` repeats from the last 2xx read.
     cached: Option<Arc<HeaderMap>>,
     now: u64,
@@ -34,21 +38,21 @@ const WRITE_TIMED_OUT: &str = "504 Gateway Timeout: the write took too long; its
 unknown. Re-read the resource before retrying.\n";
 
 impl Answer {
-    pub(crate) fn not_modified(snapshot: Snapshot, tag: Tag, now: u64) -> Self {
+    pub(crate) fn not_modified(snapshot: Snapshot, now: u64) -> Self {
         Self {
             status: StatusCode::NOT_MODIFIED,
             body: "",
-            stamp: Some((snapshot.version, tag)),
+            stamp: Some(snapshot.version),
             cached: snapshot.cached,
             now,
         }
     }
 
-    pub(crate) fn precondition_failed(version: Version, tag: Tag, now: u64) -> Self {
+    pub(crate) fn precondition_failed(version: Version, now: u64) -> Self {
         Self {
             status: StatusCode::PRECONDITION_FAILED,
             body: PRECONDITION_FAILED,
-            stamp: Some((version, tag)),
+            stamp: Some(version),
             cached: None,
             now,
         }
@@ -99,7 +103,7 @@ impl Answer {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         match self.stamp {
-            Some((version, tag)) => stamp(headers, version, tag, self.now),
+            Some(version) => stamp(headers, version, self.now),
             None => {
                 headers.insert(DATE, date::header_value(self.now));
             }
@@ -109,8 +113,8 @@ impl Answer {
 }
 
 /// Sets `ETag`, `Last-Modified` and a `Date` no earlier than it, replacing the inner service's.
-pub(crate) fn stamp(headers: &mut HeaderMap, version: Version, tag: Tag, now: u64) {
-    headers.insert(ETAG, tag.header_value());
+pub(crate) fn stamp(headers: &mut HeaderMap, version: Version, now: u64) {
+    headers.insert(ETAG, version.tag().header_value());
     headers.insert(LAST_MODIFIED, date::header_value(version.modified));
     headers.insert(DATE, date::header_value(now.max(version.modified)));
 }

@@ -1,41 +1,38 @@
-//! [`ConditionalLayer`]: configuration, and the version table its services share.
+//! [`ConditionalLayer`]: configuration, and the version store its services share.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
 use crate::{
-    clock::{Clock, SystemClock},
+    clock::Clock,
     key::{ExtractKey, PathKey},
     service::Conditional,
-    table::VersionTable,
+    store::{MemoryStore, VersionStore},
     write::Config,
 };
 
-/// Layer that applies [`Conditional`]: optimistic locking with HTTP dates.
+/// Layer that applies [`Conditional`]: optimistic locking with ETags and HTTP dates.
 ///
-/// Every service this layer (or a clone of it) makes shares one version table, so the layer can
+/// Every service this layer (or a clone of it) makes shares one version store, so the layer can
 /// be applied route by route (as axum's `Router::layer` does) and still see one resource once.
-/// Each setter starts a new, empty table.
+/// [`clock`](ConditionalLayer::clock), [`max_resources`](ConditionalLayer::max_resources) and
+/// [`key_fn`](ConditionalLayer::key_fn) start a new, empty in-memory store; set a shared store
+/// with [`store`](ConditionalLayer::store) after them.
 ///
 /// See the [crate docs](crate) for an example.
-pub struct ConditionalLayer<K: ExtractKey = PathKey> {
+pub struct ConditionalLayer<K: ExtractKey = PathKey, St = MemoryStore<<K as ExtractKey>::Key>> {
     extract_key: K,
-    clock: Arc<dyn Clock>,
-    table: Arc<VersionTable<K::Key>>,
-    max_resources: usize,
+    store: Arc<St>,
     config: Config,
 }
 
 impl ConditionalLayer {
-    /// A layer keyed by the normalized request path, on the system clock.
+    /// A layer keyed by the normalized request path, with an in-memory store on the system clock.
     pub fn new() -> Self {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         Self {
             extract_key: PathKey,
-            table: Arc::new(VersionTable::new(clock.clone(), usize::MAX)),
-            clock,
-            max_resources: usize::MAX,
+            store: Arc::new(MemoryStore::new()),
             config: Config::default(),
         }
     }
@@ -47,15 +44,49 @@ impl Default for ConditionalLayer {
     }
 }
 
-impl<K: ExtractKey> ConditionalLayer<K> {
+impl<K: ExtractKey> ConditionalLayer<K, MemoryStore<K::Key>> {
     /// Uses `clock` for every date the layer issues (tests use a
     /// [`ManualClock`](crate::clock::ManualClock)).
     pub fn clock(self, clock: impl Clock) -> Self {
-        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let (_, max) = self.store.config();
         Self {
-            table: Arc::new(VersionTable::new(clock.clone(), self.max_resources)),
-            clock,
+            store: Arc::new(MemoryStore::with(Arc::new(clock), max)),
             ..self
+        }
+    }
+
+    /// Tracks at most about `n` resources; see [`MemoryStore::max_resources`]. Unbounded by
+    /// default.
+    pub fn max_resources(self, n: usize) -> Self {
+        let (clock, _) = self.store.config();
+        Self {
+            store: Arc::new(MemoryStore::with(clock, n.max(1))),
+            ..self
+        }
+    }
+
+    /// Maps requests to resources with `extract_key`, usually a closure
+    /// `Fn(&http::request::Parts) -> Option<Key>`; `None` passes a request through untouched.
+    pub fn key_fn<K2: ExtractKey>(
+        self,
+        extract_key: K2,
+    ) -> ConditionalLayer<K2, MemoryStore<K2::Key>> {
+        ConditionalLayer {
+            store: Arc::new(self.store.rekeyed()),
+            extract_key,
+            config: self.config,
+        }
+    }
+}
+
+impl<K: ExtractKey, St> ConditionalLayer<K, St> {
+    /// Keeps versions in `store` instead: e.g. a [`RedisStore`](crate::store) shared by several
+    /// proxies.
+    pub fn store<St2: VersionStore<K::Key>>(self, store: St2) -> ConditionalLayer<K, St2> {
+        ConditionalLayer {
+            extract_key: self.extract_key,
+            store: Arc::new(store),
+            config: self.config,
         }
     }
 
@@ -65,20 +96,6 @@ impl<K: ExtractKey> ConditionalLayer<K> {
     pub fn require_precondition(mut self, require: bool) -> Self {
         self.config.require_precondition = require;
         self
-    }
-
-    /// Tracks at most about `n` resources. When the table is full, the least recently used
-    /// eighth is forgotten (at one-second resolution; never a resource a write holds), after
-    /// raising the floor every unknown resource starts from to at least their versions: a
-    /// forgotten resource returns with a version at least as new, so clients holding its old
-    /// validators get `412`, never `200`. Unbounded by default. Starts a new, empty table.
-    pub fn max_resources(self, n: usize) -> Self {
-        let max_resources = n.max(1);
-        Self {
-            table: Arc::new(VersionTable::new(self.clock.clone(), max_resources)),
-            max_resources,
-            ..self
-        }
     }
 
     /// The largest write body the layer reads before locking the resource; a larger one gets
@@ -109,53 +126,41 @@ impl<K: ExtractKey> ConditionalLayer<K> {
         self
     }
 
-    /// Maps requests to resources with `extract_key`, usually a closure
-    /// `Fn(&http::request::Parts) -> Option<Key>`; `None` passes a request through untouched.
-    pub fn key_fn<K2: ExtractKey>(self, extract_key: K2) -> ConditionalLayer<K2> {
-        ConditionalLayer {
-            table: Arc::new(VersionTable::new(self.clock.clone(), self.max_resources)),
-            clock: self.clock,
-            max_resources: self.max_resources,
-            extract_key,
-            config: self.config,
-        }
-    }
-
-    /// How many resources the shared table holds an entry for.
-    pub fn tracked_resources(&self) -> usize {
-        self.table.len()
+    /// How many resources the store tracks (in this process).
+    pub fn tracked_resources(&self) -> usize
+    where
+        St: VersionStore<K::Key>,
+    {
+        self.store.tracked_resources()
     }
 }
 
-impl<S, K: ExtractKey + Clone> Layer<S> for ConditionalLayer<K> {
-    type Service = Conditional<S, K>;
+impl<S, K: ExtractKey + Clone, St> Layer<S> for ConditionalLayer<K, St> {
+    type Service = Conditional<S, K, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Conditional::new(
             inner,
             self.extract_key.clone(),
-            self.table.clone(),
+            self.store.clone(),
             self.config,
         )
     }
 }
 
-impl<K: ExtractKey + Clone> Clone for ConditionalLayer<K> {
+impl<K: ExtractKey + Clone, St> Clone for ConditionalLayer<K, St> {
     fn clone(&self) -> Self {
         Self {
             extract_key: self.extract_key.clone(),
-            clock: self.clock.clone(),
-            table: self.table.clone(),
-            max_resources: self.max_resources,
+            store: self.store.clone(),
             config: self.config,
         }
     }
 }
 
-impl<K: ExtractKey> fmt::Debug for ConditionalLayer<K> {
+impl<K: ExtractKey, St> fmt::Debug for ConditionalLayer<K, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionalLayer")
-            .field("tracked_resources", &self.table.len())
             .field("config", &self.config)
             .finish()
     }

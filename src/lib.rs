@@ -101,7 +101,7 @@ mod layer;
 mod precondition;
 mod request_body;
 mod service;
-mod table;
+pub mod store;
 mod version;
 mod write;
 

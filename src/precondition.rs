@@ -231,6 +231,7 @@ mod tests {
 
     fn version(exists: Existence) -> Version {
         Version {
+            instance: 1,
             counter: 7,
             modified: 1000,
             ambiguous: false,

@@ -10,13 +10,11 @@ use http::{Method, Request, Response};
 use tower_service::Service;
 
 use crate::{
-    answer::Answer,
     body::ResponseBody,
-    future::{ReadInFlight, ResponseFuture},
+    future::{self, ReadInFlight, ReadStep, ResponseFuture},
     key::{ExtractKey, PathKey},
-    precondition::{Conditions, Decision, Verdict},
     request_body::FromBytes,
-    table::VersionTable,
+    store::{MemoryStore, VersionStore},
     write::{self, Config},
 };
 
@@ -24,10 +22,10 @@ use crate::{
 /// `412 Precondition Failed`, and serializes the writes of each resource.
 ///
 /// See the [crate docs](crate) for an example.
-pub struct Conditional<S, K: ExtractKey = PathKey> {
+pub struct Conditional<S, K: ExtractKey = PathKey, St = MemoryStore<<K as ExtractKey>::Key>> {
     inner: S,
     extract_key: K,
-    table: Arc<VersionTable<K::Key>>,
+    store: Arc<St>,
     config: Config,
 }
 
@@ -50,17 +48,12 @@ impl Access {
 
 // ===== impl Conditional =====
 
-impl<S, K: ExtractKey> Conditional<S, K> {
-    pub(crate) fn new(
-        inner: S,
-        extract_key: K,
-        table: Arc<VersionTable<K::Key>>,
-        config: Config,
-    ) -> Self {
+impl<S, K: ExtractKey, St> Conditional<S, K, St> {
+    pub(crate) fn new(inner: S, extract_key: K, store: Arc<St>, config: Config) -> Self {
         Self {
             inner,
             extract_key,
-            table,
+            store,
             config,
         }
     }
@@ -79,9 +72,19 @@ impl<S, K: ExtractKey> Conditional<S, K> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// The call happens after an await: take the service that was readied and leave a clone in
+    /// its place (tower-service, "Be careful when cloning inner services").
+    fn take_ready(&mut self) -> S
+    where
+        S: Clone,
+    {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
 }
 
-impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Conditional<S, K>
+impl<S, K, St, ReqBody, ResBody> Service<Request<ReqBody>> for Conditional<S, K, St>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -89,10 +92,11 @@ where
     ReqBody: FromBytes + Send + 'static,
     ResBody: Send + 'static,
     K: ExtractKey,
+    St: VersionStore<K::Key>,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody, K::Key>;
+    type Future = ResponseFuture<S, ReqBody, K::Key, St>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -105,99 +109,61 @@ where
         }
         let (parts, body) = request.into_parts();
         let key = self.extract_key.extract_key(&parts);
-        let request = Request::from_parts(parts, body);
+        let mut request = Request::from_parts(parts, body);
         let Some(key) = key else {
             return ResponseFuture::passthrough(self.inner.call(request));
         };
-        match access {
-            Access::Read => self.read(request, key),
-            _ => self.write(request, key),
+        let store = self.store.clone();
+        if let Access::Write = access {
+            let inner = self.take_ready();
+            return ResponseFuture::preparing(Box::pin(write::prepare(
+                inner,
+                request,
+                key,
+                store,
+                self.config,
+            )));
+        }
+        // The version is taken before forwarding: a write that lands meanwhile makes the stamp
+        // older than the data, never newer.
+        let now = store.now();
+        let Some(snapshot) = store.current_now(&key, now) else {
+            let inner = self.take_ready();
+            return ResponseFuture::preparing(Box::pin(future::read_later(
+                inner, request, key, store,
+            )));
+        };
+        match future::decide_read(&mut request, &snapshot, now) {
+            ReadStep::Answer(answer) => ResponseFuture::answered(answer),
+            ReadStep::Forward { if_exists } => {
+                let read = ReadInFlight {
+                    store,
+                    key,
+                    snapshot,
+                    if_exists,
+                };
+                ResponseFuture::read(self.inner.call(request), read)
+            }
         }
     }
 }
 
-impl<S, K: ExtractKey> Conditional<S, K> {
-    fn read<ReqBody>(
-        &mut self,
-        mut request: Request<ReqBody>,
-        key: K::Key,
-    ) -> ResponseFuture<S, ReqBody, K::Key>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        // The version is taken before forwarding: a write that lands meanwhile makes the stamp
-        // older than the data, never newer.
-        let now = self.table.now();
-        let snapshot = self.table.current(&key, now);
-        let version = snapshot.version;
-        let tag = self.table.tag(version);
-        let conditions = Conditions::parse(request.headers(), tag, version);
-        let if_exists = match conditions.verdict(false, version, false) {
-            Verdict::Decided(Decision::Forward) => None,
-            Verdict::Decided(Decision::NotModified) => {
-                return ResponseFuture::answered(Answer::not_modified(snapshot, tag, now));
-            }
-            Verdict::Decided(_) => {
-                return ResponseFuture::answered(Answer::precondition_failed(version, tag, now));
-            }
-            // A `*` on a resource whose existence is unknown: the response will tell.
-            Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
-        };
-        let method = request.method().clone();
-        conditions.strip(&method, request.headers_mut(), version, tag);
-        let read = ReadInFlight {
-            table: self.table.clone(),
-            key,
-            snapshot,
-            tag,
-            if_exists,
-        };
-        ResponseFuture::read(self.inner.call(request), read)
-    }
-
-    fn write<ReqBody, ResBody>(
-        &mut self,
-        request: Request<ReqBody>,
-        key: K::Key,
-    ) -> ResponseFuture<S, ReqBody, K::Key>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: FromBytes + Send + 'static,
-        ResBody: Send + 'static,
-    {
-        // The call happens after an await: take the service that was readied and leave a clone
-        // in its place (tower-service, "Be careful when cloning inner services").
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let table = self.table.clone();
-        ResponseFuture::preparing(Box::pin(write::prepare(
-            inner,
-            request,
-            key,
-            table,
-            self.config,
-        )))
-    }
-}
-
-impl<S: Clone, K: ExtractKey + Clone> Clone for Conditional<S, K> {
+impl<S: Clone, K: ExtractKey + Clone, St> Clone for Conditional<S, K, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             extract_key: self.extract_key.clone(),
-            table: self.table.clone(),
+            store: self.store.clone(),
             config: self.config,
         }
     }
 }
 
-impl<S: fmt::Debug, K: ExtractKey> fmt::Debug for Conditional<S, K> {
+impl<S: fmt::Debug, K: ExtractKey, St> fmt::Debug for Conditional<S, K, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conditional")
             .field("inner", &self.inner)
-            .field("tracked_resources", &self.table.len())
+            .field("config", &self.config)
             .finish()
     }
 }

@@ -5,24 +5,30 @@
 //! so the date is never accepted as a validator. Once the clock has moved past that second the
 //! current version is re-dated to the current second, which no other version can share.
 
-/// One version of one resource, as the layer tracks it.
+/// One version of one resource, as a [`VersionStore`](crate::store::VersionStore) keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Version {
+pub struct Version {
+    /// The store instance (or epoch) that issued the version: part of its ETag, drawn at random
+    /// whenever a store starts empty, so tags never repeat across restarts.
+    pub instance: u64,
     /// Incremented by every write whose outcome may have changed the resource.
-    pub(crate) counter: u64,
+    pub counter: u64,
     /// `Last-Modified`, in whole seconds since the Unix epoch.
-    pub(crate) modified: u64,
+    pub modified: u64,
     /// Another version (possibly an unknown one) may carry the same `modified`.
-    pub(crate) ambiguous: bool,
+    pub ambiguous: bool,
     /// Whether this version has a current representation, as far as the layer has seen.
-    pub(crate) exists: Existence,
+    pub exists: Existence,
 }
 
 /// Whether a resource has a current representation (RFC 9110 §13.1.1: what `*` matches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Existence {
+pub enum Existence {
+    /// Not known: the layer asks the inner service when a precondition depends on it.
     Unknown,
+    /// It has one.
     Exists,
+    /// It has none.
     Absent,
 }
 
@@ -30,8 +36,9 @@ impl Version {
     /// The version of a resource the layer knows nothing about: dated at the `floor`, and
     /// ambiguous, because any number of versions may have been issued in that second before;
     /// its counter is at least one past any the layer has forgotten, so no tag repeats.
-    pub(crate) const fn unknown(floor: u64, counter: u64) -> Self {
+    pub const fn unknown(instance: u64, floor: u64, counter: u64) -> Self {
         Self {
+            instance,
             counter,
             modified: floor,
             ambiguous: true,
@@ -40,7 +47,7 @@ impl Version {
     }
 
     /// The same version dated `now`, when its own date is ambiguous and `now` is a later second.
-    pub(crate) fn redated(self, now: u64) -> Option<Self> {
+    pub fn redated(self, now: u64) -> Option<Self> {
         (self.ambiguous && now > self.modified).then_some(Self {
             modified: now,
             ambiguous: false,
@@ -51,9 +58,10 @@ impl Version {
     /// The version a write at `now` produces, leaving the resource as `exists` says. The date
     /// never goes backward, even if the clock does; a date it shares with this version makes it
     /// ambiguous.
-    pub(crate) fn next(self, now: u64, exists: Existence) -> Self {
+    pub fn next(self, now: u64, exists: Existence) -> Self {
         let modified = now.max(self.modified);
         Self {
+            instance: self.instance,
             counter: self.counter + 1,
             modified,
             ambiguous: modified == self.modified,
@@ -63,8 +71,16 @@ impl Version {
 
     /// Whether a client date (`If-Modified-Since`, `If-Unmodified-Since`) names this version:
     /// an exact match with a date no other version shares.
-    pub(crate) fn is_validated_by(self, date: u64) -> bool {
+    pub fn is_validated_by(self, date: u64) -> bool {
         !self.ambiguous && date == self.modified
+    }
+
+    /// The version's strong ETag.
+    pub(crate) fn tag(self) -> crate::etag::Tag {
+        crate::etag::Tag {
+            instance: self.instance,
+            counter: self.counter,
+        }
     }
 }
 
@@ -74,7 +90,7 @@ mod tests {
 
     #[test]
     fn unknown_version_is_ambiguous_until_redated_in_a_later_second() {
-        let v = Version::unknown(100, 0);
+        let v = Version::unknown(7, 100, 0);
         assert!(!v.is_validated_by(100));
         assert_eq!(v.redated(100), None);
         let r = v.redated(101).unwrap();
@@ -85,7 +101,7 @@ mod tests {
 
     #[test]
     fn two_writes_in_one_second_share_an_ambiguous_date() {
-        let v = Version::unknown(100, 0).redated(101).unwrap();
+        let v = Version::unknown(7, 100, 0).redated(101).unwrap();
         let a = v.next(102, Existence::Exists);
         assert!(a.is_validated_by(102));
         let b = a.next(102, Existence::Exists);
@@ -99,7 +115,7 @@ mod tests {
 
     #[test]
     fn dates_never_go_backward_when_the_clock_does() {
-        let v = Version::unknown(100, 0).redated(200).unwrap();
+        let v = Version::unknown(7, 100, 0).redated(200).unwrap();
         let w = v.next(150, Existence::Exists);
         assert_eq!(w.modified, 200);
         assert!(w.ambiguous);
@@ -108,7 +124,7 @@ mod tests {
 
     #[test]
     fn only_an_exact_date_validates() {
-        let v = Version::unknown(100, 0).redated(105).unwrap();
+        let v = Version::unknown(7, 100, 0).redated(105).unwrap();
         assert!(!v.is_validated_by(104));
         assert!(!v.is_validated_by(106));
         assert!(v.is_validated_by(105));

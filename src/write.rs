@@ -12,7 +12,7 @@
 //!    the lock. Otherwise the next writer could be forwarded while the backend still applies an
 //!    abandoned write, and one of the two would be lost.
 
-use std::{future::poll_fn, future::Future, hash::Hash, sync::Arc, time::Duration};
+use std::{future::poll_fn, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -21,15 +21,14 @@ use http::{
 };
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use tokio::sync::{oneshot, OwnedMutexGuard};
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
     precondition::{self, Conditions, Decision, Verdict},
     request_body::FromBytes,
-    table::VersionTable,
-    version::Existence,
+    store::{Existence, StoreError, VersionStore},
 };
 
 /// The limits a layer puts on writes.
@@ -58,9 +57,13 @@ impl Default for Config {
     }
 }
 
-/// What became of a write once it was prepared.
+/// What became of a request once it was prepared.
 pub(crate) enum Prepared<R, E> {
+    /// The layer answers.
     Answer(Answer),
+    /// The inner service answered (a read), already stamped.
+    Responded(R),
+    /// A write runs in its own task, which reports here.
     Forwarded(oneshot::Receiver<Outcome<R, E>>),
 }
 
@@ -75,15 +78,17 @@ resource is locked, and this one is over the limit.\n";
 const BODY_UNREADABLE: &str = "400 Bad Request: the request body could not be read.\n";
 const LOCK_BUSY: &str = "503 Service Unavailable: another write to this resource is taking too \
 long. Retry shortly.\n";
+const STORE_UNAVAILABLE: &str = "503 Service Unavailable: the version store cannot be reached, \
+so no write can be checked. Retry shortly.\n";
 const PROBE_INCONCLUSIVE: &str = "503 Service Unavailable: the precondition depends on whether \
 the resource exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n";
 
 /// Steps 1 to 4 for one write; `inner` has been readied for it.
-pub(crate) async fn prepare<S, ReqBody, ResBody, Key>(
-    mut inner: S,
+pub(crate) async fn prepare<S, ReqBody, ResBody, Key, St>(
+    inner: S,
     request: Request<ReqBody>,
     key: Key,
-    table: Arc<VersionTable<Key>>,
+    store: Arc<St>,
     config: Config,
 ) -> Result<Prepared<S::Response, S::Error>, S::Error>
 where
@@ -92,44 +97,85 @@ where
     S::Response: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: FromBytes,
-    Key: Hash + Eq + Clone + Send + Sync + 'static,
+    Key: Clone + Send + Sync + 'static,
+    St: VersionStore<Key>,
+{
+    match prepare_checked(inner, request, key, &store, config).await {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            tracing::warn!(error = %err, "write refused");
+            Ok(Prepared::Answer(Answer::service_unavailable(
+                STORE_UNAVAILABLE,
+                store.now(),
+            )))
+        }
+    }
+}
+
+/// [`prepare`], with the store's errors left to the caller.
+async fn prepare_checked<S, ReqBody, ResBody, Key, St>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    key: Key,
+    store: &Arc<St>,
+    config: Config,
+) -> Result<Result<Prepared<S::Response, S::Error>, S::Error>, StoreError>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: FromBytes,
+    Key: Clone + Send + Sync + 'static,
+    St: VersionStore<Key>,
 {
     let (parts, body) = request.into_parts();
     let body = match read_body(body, config.max_body).await {
         Ok(body) => body,
-        Err(body) => return Ok(Prepared::Answer(Answer::plain(body.0, body.1, table.now()))),
+        Err(body) => {
+            return Ok(Ok(Prepared::Answer(Answer::plain(
+                body.0,
+                body.1,
+                store.now(),
+            ))))
+        }
     };
     let mut request = Request::from_parts(parts, ReqBody::from_bytes(body));
 
-    let lock = table.write_lock(&key);
-    let guard = match lock.clone().try_lock_owned() {
-        Ok(guard) => guard,
-        Err(_) => match tokio::time::timeout(config.lock_timeout, lock.lock_owned()).await {
-            Ok(guard) => guard,
-            Err(_) => {
-                let busy = Answer::service_unavailable(LOCK_BUSY, table.now());
-                return Ok(Prepared::Answer(busy));
-            }
-        },
+    let Some(lock) = store.lock(&key, config.lock_timeout).await? else {
+        let busy = Answer::service_unavailable(LOCK_BUSY, store.now());
+        return Ok(Ok(Prepared::Answer(busy)));
     };
 
     let mut probed = false;
     loop {
-        match evaluate(request.headers(), &key, &table, config.require_precondition) {
-            Step::Answer(answer) => return Ok(Prepared::Answer(answer)),
+        match evaluate(
+            request.headers(),
+            &key,
+            &**store,
+            config.require_precondition,
+        )
+        .await?
+        {
+            Step::Answer(answer) => return Ok(Ok(Prepared::Answer(answer))),
             Step::Forward => break,
             Step::Probe if probed => {
-                let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, table.now());
-                return Ok(Prepared::Answer(unsure));
+                let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, store.now());
+                return Ok(Ok(Prepared::Answer(unsure)));
             }
             Step::Probe => {
                 // Under the lock no write can change the answer between the probe and the decision.
                 let head = probe_request(Method::HEAD, &request);
                 let get = probe_request(Method::GET, &request);
-                let exists = probe(&mut inner, head, get).await?;
-                table.learn_existence(&key, exists);
+                let exists = match probe(&mut inner, head, get).await {
+                    Ok(exists) => exists,
+                    Err(err) => return Ok(Err(err)),
+                };
+                store.learn_existence(&key, exists).await?;
                 probed = true;
-                poll_fn(|cx| inner.poll_ready(cx)).await?;
+                if let Err(err) = poll_fn(|cx| inner.poll_ready(cx)).await {
+                    return Ok(Err(err));
+                }
             }
         }
     }
@@ -140,15 +186,14 @@ where
         _ => Existence::Exists,
     };
     let in_flight = WriteInFlight {
-        table,
+        store: store.clone(),
         key,
         on_success,
-        settled: false,
-        _lock: guard,
+        lock: Some(lock),
     };
     let (report, outcome) = oneshot::channel();
     tokio::spawn(run(inner.call(request), in_flight, config, report));
-    Ok(Prepared::Forwarded(outcome))
+    Ok(Ok(Prepared::Forwarded(outcome)))
 }
 
 /// Reads a write's body in full, or says why not (status and body of the answer).
@@ -167,14 +212,15 @@ async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, (StatusCode,
 }
 
 /// Runs a forwarded write to its end, whether or not anyone still waits for its answer.
-async fn run<F, ResBody, E, Key>(
+async fn run<F, ResBody, E, Key, St>(
     call: F,
-    in_flight: WriteInFlight<Key>,
+    in_flight: WriteInFlight<Key, St>,
     config: Config,
     report: oneshot::Sender<Outcome<Response<ResBody>, E>>,
 ) where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    Key: Hash + Eq + Clone,
+    Key: Clone,
+    St: VersionStore<Key>,
 {
     let outcome = match tokio::time::timeout(config.write_timeout, call).await {
         Ok(Ok(res)) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
@@ -183,14 +229,14 @@ async fn run<F, ResBody, E, Key>(
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
         }
-        Ok(Ok(res)) => Outcome::Response(Ok(in_flight.settle(res))),
+        Ok(Ok(res)) => Outcome::Response(Ok(in_flight.settle(res).await)),
         Ok(Err(err)) => {
             drop(in_flight); // unsettled: bumps
             Outcome::Response(Err(err))
         }
         Err(_elapsed) => {
             let _ = report.send(Outcome::TimedOut {
-                now: in_flight.table.now(),
+                now: in_flight.store.now(),
             });
             tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
             tokio::time::sleep(config.timeout_grace).await;
@@ -211,28 +257,28 @@ enum Step {
 
 /// Decides a write against the current version. Only a 412 re-dates: a date issued now for
 /// the version about to be replaced would be shared with the one written in the same second.
-fn evaluate<Key: Hash + Eq + Clone>(
+async fn evaluate<Key, St: VersionStore<Key>>(
     headers: &HeaderMap,
     key: &Key,
-    table: &VersionTable<Key>,
+    store: &St,
     require_precondition: bool,
-) -> Step {
-    let version = table.peek(key);
-    let conditions = Conditions::parse(headers, table.tag(version), version);
+) -> Result<Step, StoreError> {
+    let version = store.peek(key).await?;
+    let conditions = Conditions::parse(headers, version.tag(), version);
     let decision = match conditions.verdict(true, version, require_precondition) {
         Verdict::Decided(decision) => decision,
-        Verdict::DependsOnExistence { .. } => return Step::Probe,
+        Verdict::DependsOnExistence { .. } => return Ok(Step::Probe),
     };
-    let now = table.now();
-    Step::Answer(match decision {
-        Decision::Forward => return Step::Forward,
+    let now = store.now();
+    Ok(Step::Answer(match decision {
+        Decision::Forward => return Ok(Step::Forward),
         Decision::PreconditionFailed | Decision::NotModified => {
-            let current = table.current(key, now).version;
-            Answer::precondition_failed(current, table.tag(current), now)
+            let current = store.current(key, now).await?.version;
+            Answer::precondition_failed(current, now)
         }
         Decision::PreconditionRequired => Answer::precondition_required(now),
         Decision::BadRequest(body) => Answer::plain(StatusCode::BAD_REQUEST, body, now),
-    })
+    }))
 }
 
 /// Asks the inner service whether the resource exists: `HEAD`, or `GET` if `HEAD` is not
@@ -285,42 +331,45 @@ fn probe_request<ReqBody: FromBytes>(
 }
 
 /// A write forwarded under its resource's lock. Settling it, or dropping it unsettled (inner
-/// error, timeout, or its task cancelled), records the outcome and then releases the lock.
-pub(crate) struct WriteInFlight<Key: Hash + Eq + Clone> {
-    table: Arc<VersionTable<Key>>,
+/// error, timeout, or its task cancelled), records the outcome and releases the lock.
+pub(crate) struct WriteInFlight<Key: Clone, St: VersionStore<Key>> {
+    store: Arc<St>,
     key: Key,
     /// Whether the resource exists after this write succeeds.
     on_success: Existence,
-    settled: bool,
-    // Dropped after `Drop::drop` has bumped the version.
-    _lock: OwnedMutexGuard<()>,
+    /// Held until the outcome is recorded; taken by then.
+    lock: Option<St::Lock>,
 }
 
-impl<Key: Hash + Eq + Clone> WriteInFlight<Key> {
+impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
     /// The inner service answered. A 4xx refused the write: nothing changed. A 2xx bumps the
     /// version and carries it; anything else may have changed the resource, so it bumps too.
-    fn settle<B>(mut self, mut res: Response<B>) -> Response<B> {
-        self.settled = true;
+    async fn settle<B>(mut self, mut res: Response<B>) -> Response<B> {
+        let lock = self.lock.take().expect("settled once");
         let status = res.status();
         if status.is_client_error() {
-            return res;
+            return res; // the lock is released as it drops
         }
-        let now = self.table.now();
-        if status.is_success() {
-            let version = self.table.bump(&self.key, now, self.on_success);
-            answer::stamp(res.headers_mut(), version, self.table.tag(version), now);
+        let exists = if status.is_success() {
+            self.on_success
         } else {
-            self.table.bump(&self.key, now, Existence::Unknown);
+            Existence::Unknown
+        };
+        match self.store.bump(&self.key, lock, exists).await {
+            Ok(version) if status.is_success() => {
+                answer::stamp(res.headers_mut(), version, self.store.now())
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "a write's version could not be recorded"),
         }
         res
     }
 }
 
-impl<Key: Hash + Eq + Clone> Drop for WriteInFlight<Key> {
+impl<Key: Clone, St: VersionStore<Key>> Drop for WriteInFlight<Key, St> {
     fn drop(&mut self) {
-        if !self.settled {
-            let now = self.table.now();
-            self.table.bump(&self.key, now, Existence::Unknown);
+        if let Some(lock) = self.lock.take() {
+            self.store.bump_unsettled(self.key.clone(), lock);
         }
     }
 }

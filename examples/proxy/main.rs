@@ -34,7 +34,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
-use tower_conditional::{ConditionalLayer, ResponseBody};
+use tower_conditional::{store::VersionStore, ConditionalLayer, PathKey, ResponseBody};
 
 use crate::{
     forward::{ClientAddr, Forward, ProxyBody, RequestBody, Upstream},
@@ -86,6 +86,15 @@ struct Cli {
     /// Answer GET on this path with the proxy's counters as JSON (e.g. /_stats). Off by default.
     #[arg(long)]
     stats_path: Option<String>,
+    /// Keep versions and write locks in this Redis (e.g. redis://127.0.0.1:6379/), shared by
+    /// every proxy using it, instead of in this process.
+    #[cfg(feature = "redis")]
+    #[arg(long)]
+    redis: Option<String>,
+    /// Seconds a write lock is leased in Redis: longer than a whole write.
+    #[cfg(feature = "redis")]
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    redis_lease: Duration,
 }
 
 fn seconds(arg: &str) -> Result<Duration, String> {
@@ -133,9 +142,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         },
         stats.clone(),
     )?;
-    let tracked = layer.clone();
-    let proxy = proxy(&cli, layer, forward, stats.clone());
+    #[cfg(feature = "redis")]
+    if let Some(url) = cli.redis.clone() {
+        let store = tower_conditional::store::RedisStore::open(&url)?.lease(cli.redis_lease);
+        let layer = layer.store(store);
+        return serve(
+            &cli,
+            layer.clone(),
+            proxy(&cli, layer, forward, stats.clone()),
+            stats,
+        )
+        .await;
+    }
+    let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
+    serve(&cli, layer, proxy, stats).await
+}
 
+/// Accepts connections until SIGINT or SIGTERM, then drains them.
+async fn serve<K, St>(
+    cli: &Cli,
+    tracked: ConditionalLayer<K, St>,
+    proxy: Proxy,
+    stats: Arc<Stats>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    K: tower_conditional::ExtractKey,
+    St: VersionStore<K::Key>,
+{
     let listener = TcpListener::bind(cli.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let graceful = GracefulShutdown::new();
@@ -187,7 +220,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 /// The whole stack: stats endpoint, counting and logging, whole-request timeout, the layer,
 /// and forwarding.
-fn proxy(cli: &Cli, layer: ConditionalLayer, forward: Forward, stats: Arc<Stats>) -> Proxy {
+fn proxy<St>(
+    cli: &Cli,
+    layer: ConditionalLayer<PathKey, St>,
+    forward: Forward,
+    stats: Arc<Stats>,
+) -> Proxy
+where
+    St: VersionStore<Box<str>>,
+{
     let request_timeout = cli.request_timeout;
     let stats_path = cli.stats_path.clone();
     let layer_handle = layer.clone();

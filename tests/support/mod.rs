@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod redis_server;
 
 use std::{
     collections::HashMap,

@@ -20,6 +20,9 @@ fn proxy_binary() -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = std::process::Command::new(cargo);
             build.args(["build", "--quiet", "--example", "proxy"]);
+            if cfg!(feature = "redis") {
+                build.args(["--features", "redis"]);
+            }
             if dir.ends_with("release") {
                 build.arg("--release");
             }

@@ -1,4 +1,4 @@
-//! The in-memory version table: one [`Version`] and one write lock per resource.
+//! [`MemoryStore`]: the in-memory version table, one [`Version`] and one write lock per resource.
 //!
 //! Shared by every clone of a layer and of the services it wraps. Map guards are only ever held
 //! for a copy or an update of a version, never across an `.await`; the per-resource write lock
@@ -23,13 +23,21 @@ use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
 use http::HeaderMap;
 use tokio::sync::Mutex;
 
+use std::{future::ready, time::Duration};
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::{Snapshot, StoreError, VersionStore};
 use crate::{
-    clock::{unix_secs, Clock},
-    etag::Tag,
+    clock::{unix_secs, Clock, SystemClock},
     version::{Existence, Version},
 };
 
-pub(crate) struct VersionTable<K> {
+/// The default [`VersionStore`]: a `DashMap` in the process, shared by every clone of the layer.
+///
+/// Reads take no lock (a map read guard for a copy of the version); writes to different
+/// resources never wait on each other. See [`MemoryStore::max_resources`] for its bound.
+pub struct MemoryStore<K> {
     entries: DashMap<K, Entry>,
     /// How many entries `entries` holds (its own `len` locks every shard).
     len: AtomicUsize,
@@ -86,9 +94,10 @@ impl Entry {
         entry
     }
 
-    fn version(&self) -> Version {
+    fn version(&self, instance: u64) -> Version {
         let packed = self.counter_and_flags;
         Version {
+            instance,
             counter: packed & COUNTER,
             modified: u64::from(self.modified),
             ambiguous: packed & AMBIGUOUS != 0,
@@ -135,19 +144,12 @@ impl Entry {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, instance: u64) -> Snapshot {
         Snapshot {
-            version: self.version(),
+            version: self.version(instance),
             cached: self.cached(),
         }
     }
-}
-
-/// A resource's current version, with what a `304` for it repeats.
-#[derive(Debug, Clone)]
-pub(crate) struct Snapshot {
-    pub(crate) version: Version,
-    pub(crate) cached: Option<Arc<HeaderMap>>,
 }
 
 /// A random 64-bit number from the standard library's randomly seeded hasher.
@@ -155,9 +157,128 @@ fn random_instance() -> u64 {
     RandomState::new().hash_one(SystemTime::now())
 }
 
-impl<K: Hash + Eq + Clone> VersionTable<K> {
+impl<K> VersionStore<K> for MemoryStore<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Lock = OwnedMutexGuard<()>;
+
+    fn now(&self) -> u64 {
+        self.now_secs()
+    }
+
+    fn tracked_resources(&self) -> usize {
+        self.len()
+    }
+
+    fn current_now(&self, key: &K, now: u64) -> Option<Snapshot> {
+        Some(self.current_sync(key, now))
+    }
+
+    fn current(
+        &self,
+        key: &K,
+        now: u64,
+    ) -> impl std::future::Future<Output = Result<Snapshot, StoreError>> + Send {
+        ready(Ok(self.current_sync(key, now)))
+    }
+
+    fn peek(
+        &self,
+        key: &K,
+    ) -> impl std::future::Future<Output = Result<Version, StoreError>> + Send {
+        ready(Ok(self.peek_sync(key)))
+    }
+
+    fn learn_from_read(
+        &self,
+        key: &K,
+        counter: u64,
+        exists: Existence,
+        cached: Option<Arc<HeaderMap>>,
+    ) {
+        self.learn_from_read_sync(key, counter, exists, cached);
+    }
+
+    fn learn_existence(
+        &self,
+        key: &K,
+        exists: Existence,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.learn_existence_sync(key, exists);
+        ready(Ok(()))
+    }
+
+    fn lock(
+        &self,
+        key: &K,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<Self::Lock>, StoreError>> + Send {
+        let lock = self.write_lock(key);
+        async move {
+            match lock.clone().try_lock_owned() {
+                Ok(guard) => Ok(Some(guard)),
+                Err(_) => Ok(tokio::time::timeout(wait, lock.lock_owned()).await.ok()),
+            }
+        }
+    }
+
+    fn bump(
+        &self,
+        key: &K,
+        lock: Self::Lock,
+        exists: Existence,
+    ) -> impl std::future::Future<Output = Result<Version, StoreError>> + Send {
+        let version = self.bump_sync(key, self.now_secs(), exists);
+        drop(lock); // released only after the bump
+        ready(Ok(version))
+    }
+
+    fn bump_unsettled(&self, key: K, lock: Self::Lock) {
+        self.bump_sync(&key, self.now_secs(), Existence::Unknown);
+        drop(lock);
+    }
+}
+
+impl<K: Hash + Eq + Clone> Default for MemoryStore<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq + Clone> MemoryStore<K> {
+    /// An unbounded store on the system clock.
+    pub fn new() -> Self {
+        Self::with(Arc::new(SystemClock), usize::MAX)
+    }
+
+    /// The same store on `clock` (tests use a [`ManualClock`](crate::clock::ManualClock)).
+    /// Starts empty.
+    pub fn clock(self, clock: impl Clock) -> Self {
+        Self::with(Arc::new(clock), self.max_entries)
+    }
+
+    /// Tracks at most about `n` resources. When the table is full, the least recently used
+    /// eighth is forgotten (never a resource a write holds), after raising the floor every
+    /// unknown resource starts from to at least their versions: a forgotten resource returns
+    /// with a version at least as new, so clients holding its old validators get `412`, never
+    /// `200`. Unbounded by default. Starts empty.
+    pub fn max_resources(self, n: usize) -> Self {
+        Self::with(self.clock, n.max(1))
+    }
+
+    /// Its clock and bound, to make another empty store like it.
+    pub(crate) fn config(&self) -> (Arc<dyn Clock>, usize) {
+        (self.clock.clone(), self.max_entries)
+    }
+
+    /// An empty store with the same clock and bound, for another key type.
+    pub(crate) fn rekeyed<K2: Hash + Eq + Clone>(&self) -> MemoryStore<K2> {
+        MemoryStore::with(self.clock.clone(), self.max_entries)
+    }
+
     /// A table holding at most `max_entries` resources (`usize::MAX`: unbounded).
-    pub(crate) fn new(clock: Arc<dyn Clock>, max_entries: usize) -> Self {
+    pub(crate) fn with(clock: Arc<dyn Clock>, max_entries: usize) -> Self {
         let floor = unix_secs(clock.now());
         Self {
             entries: DashMap::new(),
@@ -173,37 +294,38 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     }
 
     /// The clock's current second.
-    pub(crate) fn now(&self) -> u64 {
+    fn now_secs(&self) -> u64 {
         unix_secs(self.clock.now())
     }
 
     /// How many resources the table tracks.
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
     fn unknown(&self) -> Version {
         Version::unknown(
+            self.instance,
             self.floor.load(Ordering::SeqCst),
             self.counter_floor.load(Ordering::SeqCst),
         )
     }
 
     /// The current version of `key`, as it is.
-    pub(crate) fn peek(&self, key: &K) -> Version {
+    fn peek_sync(&self, key: &K) -> Version {
         match self.entries.get(key) {
-            Some(entry) => entry.version(),
+            Some(entry) => entry.version(self.instance),
             None => self.unknown(),
         }
     }
 
     /// The current version of `key`, re-dated first if its date is ambiguous and `now` is a
     /// later second (the re-dated version is stored, so every client sees the same date).
-    pub(crate) fn current(&self, key: &K, now: u64) -> Snapshot {
+    fn current_sync(&self, key: &K, now: u64) -> Snapshot {
         match self.entries.get(key) {
-            Some(entry) if entry.version().redated(now).is_none() => {
+            Some(entry) if entry.version(self.instance).redated(now).is_none() => {
                 entry.touch(self.tick.load(Ordering::Relaxed));
-                return entry.snapshot();
+                return entry.snapshot(self.instance);
             }
             Some(_) => {}
             None => {
@@ -216,34 +338,28 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
                 }
             }
         }
+        let instance = self.instance;
         self.update(key, |entry| {
-            if let Some(redated) = entry.version().redated(now) {
+            if let Some(redated) = entry.version(instance).redated(now) {
                 entry.set_version(redated);
             }
-            entry.snapshot()
+            entry.snapshot(instance)
         })
-    }
-
-    /// The strong ETag of `version`.
-    pub(crate) fn tag(&self, version: Version) -> Tag {
-        Tag {
-            instance: self.instance,
-            counter: version.counter,
-        }
     }
 
     /// Records what a read of version `counter` showed: whether the resource exists and, for a
     /// 2xx, the headers a `304` must repeat. Ignored if a write has bumped the version since,
     /// as the read may then describe an older state than the current one.
-    pub(crate) fn learn_from_read(
+    fn learn_from_read_sync(
         &self,
         key: &K,
         counter: u64,
         exists: Existence,
         cached: Option<Arc<HeaderMap>>,
     ) {
+        let instance = self.instance;
         self.update(key, |entry| {
-            let version = entry.version();
+            let version = entry.version(instance);
             if version.counter == counter {
                 entry.set_version(Version { exists, ..version });
                 if cached.is_some() || entry.cached().is_some() {
@@ -254,16 +370,17 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
     }
 
     /// Records whether the resource exists, as a probe made under its write lock found.
-    pub(crate) fn learn_existence(&self, key: &K, exists: Existence) {
+    fn learn_existence_sync(&self, key: &K, exists: Existence) {
+        let instance = self.instance;
         self.update(key, |entry| {
-            let version = entry.version();
+            let version = entry.version(instance);
             entry.set_version(Version { exists, ..version });
         });
     }
 
     /// The write lock of `key`, to be held from the precondition check until the version bump.
     /// An entry whose lock is held or awaited is never evicted.
-    pub(crate) fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
+    fn write_lock(&self, key: &K) -> Arc<Mutex<()>> {
         if let Some(entry) = self.entries.get(key) {
             if let Some(lock) = entry.write_lock() {
                 entry.touch(self.tick.load(Ordering::Relaxed));
@@ -281,9 +398,10 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
 
     /// Records a write to `key` at `now` that left the resource as `exists` says, and returns
     /// the new version.
-    pub(crate) fn bump(&self, key: &K, now: u64, exists: Existence) -> Version {
+    fn bump_sync(&self, key: &K, now: u64, exists: Existence) -> Version {
+        let instance = self.instance;
         self.update(key, |entry| {
-            let next = entry.version().next(now, exists);
+            let next = entry.version(instance).next(now, exists);
             entry.set_version(next);
             next
         })
@@ -335,7 +453,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             let (mut counter, mut modified) = (0, 0);
             for entry in self.entries.iter() {
                 if entry.last_used.load(Ordering::Relaxed) <= cutoff {
-                    let version = entry.version();
+                    let version = entry.version(self.instance);
                     counter = counter.max(version.counter);
                     modified = modified.max(version.modified);
                 }
@@ -354,7 +472,7 @@ impl<K: Hash + Eq + Clone> VersionTable<K> {
             // awaits, or that a write has moved past the floors since pass 1.
             let mut removed = 0;
             self.entries.retain(|_, entry| {
-                let version = entry.version();
+                let version = entry.version(self.instance);
                 let forget = removed < excess
                     && entry.last_used.load(Ordering::Relaxed) <= cutoff
                     && entry
@@ -378,76 +496,78 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn table_at(secs: u64) -> VersionTable<&'static str> {
+    fn table_at(secs: u64) -> MemoryStore<&'static str> {
         bounded_table_at(secs, usize::MAX)
     }
 
-    fn bounded_table_at(secs: u64, max: usize) -> VersionTable<&'static str> {
+    fn bounded_table_at(secs: u64, max: usize) -> MemoryStore<&'static str> {
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(secs));
-        VersionTable::new(Arc::new(clock), max)
+        MemoryStore::with(Arc::new(clock), max)
     }
 
     #[test]
     fn unseen_resources_sit_at_the_ambiguous_floor_without_an_entry() {
         let table = table_at(1000);
-        let v = table.current(&"/a", 1000).version;
-        assert_eq!(v, Version::unknown(1000, 0));
+        let v = table.current_sync(&"/a", 1000).version;
+        assert_eq!(v, Version::unknown(table.instance, 1000, 0));
         assert_eq!(table.len(), 0);
     }
 
     #[test]
     fn a_redated_version_is_stored_so_every_reader_sees_one_date() {
         let table = table_at(1000);
-        let first = table.current(&"/a", 1001).version;
+        let first = table.current_sync(&"/a", 1001).version;
         assert_eq!(first.modified, 1001);
-        assert_eq!(table.current(&"/a", 1005).version, first);
+        assert_eq!(table.current_sync(&"/a", 1005).version, first);
         assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn bumps_increase_the_counter_and_track_ambiguity() {
         let table = table_at(1000);
-        let a = table.bump(&"/a", 1000, Existence::Exists);
+        let a = table.bump_sync(&"/a", 1000, Existence::Exists);
         assert!(
             a.ambiguous,
             "the floor second may hold pre-restart versions"
         );
-        let b = table.bump(&"/a", 1002, Existence::Exists);
+        let b = table.bump_sync(&"/a", 1002, Existence::Exists);
         assert!(!b.ambiguous && b.counter > a.counter);
-        let c = table.bump(&"/a", 1002, Existence::Exists);
+        let c = table.bump_sync(&"/a", 1002, Existence::Exists);
         assert!(c.ambiguous && c.counter > b.counter);
-        assert_eq!(table.current(&"/a", 1002).version, c);
-        assert_eq!(table.current(&"/b", 1002).version.counter, 0);
+        assert_eq!(table.current_sync(&"/a", 1002).version, c);
+        assert_eq!(table.current_sync(&"/b", 1002).version.counter, 0);
     }
 
     #[test]
     fn peeking_never_redates() {
         let table = table_at(1000);
-        assert_eq!(table.peek(&"/a"), Version::unknown(1000, 0));
-        table.bump(&"/a", 1001, Existence::Exists);
-        table.bump(&"/a", 1001, Existence::Exists);
-        assert!(table.peek(&"/a").ambiguous);
-        assert_eq!(table.peek(&"/a").modified, 1001);
+        assert_eq!(
+            table.peek_sync(&"/a"),
+            Version::unknown(table.instance, 1000, 0)
+        );
+        table.bump_sync(&"/a", 1001, Existence::Exists);
+        table.bump_sync(&"/a", 1001, Existence::Exists);
+        assert!(table.peek_sync(&"/a").ambiguous);
+        assert_eq!(table.peek_sync(&"/a").modified, 1001);
         assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn reads_teach_existence_only_about_the_version_they_saw() {
         let table = table_at(1000);
-        table.learn_from_read(&"/a", 0, Existence::Absent, None);
-        assert_eq!(table.peek(&"/a").exists, Existence::Absent);
-        let v = table.bump(&"/a", 1001, Existence::Exists);
-        table.learn_from_read(&"/a", 0, Existence::Absent, None); // a read that began before the write
-        assert_eq!(table.peek(&"/a").exists, Existence::Exists);
-        table.learn_from_read(&"/a", v.counter, Existence::Absent, None);
-        assert_eq!(table.peek(&"/a").exists, Existence::Absent);
+        table.learn_from_read_sync(&"/a", 0, Existence::Absent, None);
+        assert_eq!(table.peek_sync(&"/a").exists, Existence::Absent);
+        let v = table.bump_sync(&"/a", 1001, Existence::Exists);
+        table.learn_from_read_sync(&"/a", 0, Existence::Absent, None); // a read that began before the write
+        assert_eq!(table.peek_sync(&"/a").exists, Existence::Exists);
+        table.learn_from_read_sync(&"/a", v.counter, Existence::Absent, None);
+        assert_eq!(table.peek_sync(&"/a").exists, Existence::Absent);
     }
 
     #[test]
     fn tables_draw_different_instances() {
         let (a, b) = (table_at(1000), table_at(1000));
-        let v = Version::unknown(1000, 0);
-        assert_ne!(a.tag(v), b.tag(v));
+        assert_ne!(a.unknown().tag(), b.unknown().tag());
     }
 
     #[test]
@@ -457,12 +577,13 @@ mod tests {
             for ambiguous in [false, true] {
                 for counter in [0, 1, 12345, COUNTER] {
                     let version = Version {
+                        instance: 9,
                         counter,
                         modified: 4_102_444_800, // 2100-01-01
                         ambiguous,
                         exists,
                     };
-                    assert_eq!(Entry::new(version, 0).version(), version);
+                    assert_eq!(Entry::new(version, 0).version(9), version);
                 }
             }
         }
@@ -490,11 +611,11 @@ mod tests {
         for (i, key) in KEYS.iter().enumerate().take(16) {
             // Two writes each, one second apart per key, so recency and versions differ.
             let now = 1001 + i as u64;
-            table.bump(key, now, Existence::Exists);
-            versions.push(table.bump(key, now, Existence::Exists));
+            table.bump_sync(key, now, Existence::Exists);
+            versions.push(table.bump_sync(key, now, Existence::Exists));
         }
         assert_eq!(table.len(), 16);
-        table.bump(&KEYS[16], 2000, Existence::Exists);
+        table.bump_sync(&KEYS[16], 2000, Existence::Exists);
         assert!(table.len() <= 16, "{}", table.len());
         // The oldest are gone, and come back no older than they were.
         let forgotten: Vec<_> = (0..16)
@@ -503,7 +624,7 @@ mod tests {
         assert!(!forgotten.is_empty());
         assert!(forgotten.iter().all(|&i| i < 8), "{forgotten:?}");
         for &i in &forgotten {
-            let now = table.peek(&KEYS[i]);
+            let now = table.peek_sync(&KEYS[i]);
             assert!(now.counter > versions[i].counter, "a tag could repeat");
             assert!(now.modified >= versions[i].modified, "a date went backward");
             assert!(!now.is_validated_by(versions[i].modified));
@@ -516,7 +637,7 @@ mod tests {
         let lock = table.write_lock(&KEYS[0]);
         let _held = lock.clone().try_lock_owned().unwrap();
         for (i, key) in KEYS.iter().enumerate().skip(1) {
-            table.bump(key, 1001 + i as u64, Existence::Exists);
+            table.bump_sync(key, 1001 + i as u64, Existence::Exists);
         }
         assert!(table.len() <= 8);
         assert!(

@@ -1,0 +1,458 @@
+//! [`RedisStore`]: one version store for several proxies, on Redis.
+//!
+//! Every check-and-update runs as one server-side script, so it is atomic across instances,
+//! and dates come from Redis `TIME`, one clock for all of them. Per resource `R` (keys are
+//! prefixed, `tc:` by default):
+//!
+//! - `tc:v:R`, a hash: the version's counter `c`, date `m`, ambiguity `a`, existence `x`;
+//! - `tc:l:R`, the write lock: a lease (`SET NX PX`) holding a random token, released only by
+//!   its holder (a script compares the token);
+//! - `tc:epoch`: `<id>:<floor>`, made by the first script that finds it missing. A hash of the
+//!   id is part of every ETag and the floor (the Redis time then) dates every resource Redis
+//!   does not know. A Redis restarted empty thus starts a new epoch: tags from before never
+//!   match, and old dates are at or before the floor, which is ambiguous, so stale clients get
+//!   `412` (invariant 5).
+//!
+//! Limits, stated plainly: a write that outlives its lease (the lease must be longer than the
+//! whole write, upstream timeout included) can be overtaken by the next writer; and Redis must
+//! not evict these keys (`maxmemory-policy noeviction`, or a `volatile-*` policy), since a
+//! version Redis forgets within one epoch would start again at counter 0 and could reissue a tag.
+
+use std::{
+    collections::hash_map::RandomState,
+    future::Future,
+    hash::BuildHasher,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::HeaderMap;
+use redis::{aio::ConnectionManager, Script};
+
+use super::{Existence, Snapshot, StoreError, Version, VersionStore};
+use crate::clock::unix_secs;
+
+/// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
+///
+/// ```no_run
+/// use tower_conditional::{store::RedisStore, ConditionalLayer};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::open("redis://127.0.0.1:6379/")?;
+/// let layer = ConditionalLayer::new().store(store);
+/// # drop(layer);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: Arc<str>,
+    lease: Duration,
+    /// Proposed as the instance of a new epoch; Redis keeps the first proposal it sees.
+    proposal: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    current: Script,
+    peek: Script,
+    bump: Script,
+    learn: Script,
+    release: Script,
+}
+
+/// Proof of a held lease on a resource's lock. Dropping it releases the lease (in a task).
+pub struct RedisLock {
+    store: Option<RedisStore>,
+    key: String,
+    token: String,
+}
+
+// KEYS[1] = epoch. Defines `epoch()` -> instance, floor (creating the epoch if missing), `now`,
+// and `read(key)` -> c, m, a, x (the unknown version if missing).
+const PRELUDE: &str = r#"
+local function epoch()
+  local e = redis.call('GET', KEYS[1])
+  if not e then
+    local t = redis.call('TIME')
+    e = ARGV[1] .. '-' .. t[1] .. '-' .. t[2] .. ':' .. t[1]
+    redis.call('SET', KEYS[1], e)
+  end
+  local instance, floor = string.match(e, '^([^:]+):(%d+)$')
+  return instance, tonumber(floor)
+end
+local instance, floor = epoch()
+local now = tonumber(redis.call('TIME')[1])
+local function read(key)
+  local h = redis.call('HMGET', key, 'c', 'm', 'a', 'x')
+  if not h[1] then return 0, floor, 1, 'u' end
+  return tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4]
+end
+"#;
+
+// KEYS[2] = version. The current version, re-dated if ambiguous and Redis time has moved on.
+const CURRENT: &str = r#"
+local c, m, a, x = read(KEYS[2])
+if a == 1 and now > m then
+  m = now; a = 0
+  redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x)
+end
+return {instance, c, m, a, x}
+"#;
+
+const PEEK: &str = r#"
+local c, m, a, x = read(KEYS[2])
+return {instance, c, m, a, x}
+"#;
+
+// KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = existence after the write.
+// Bumps (the date never goes backward; a shared date is ambiguous), then releases the lease if
+// this writer still holds it. Returns the new version and whether the lease was still held.
+const BUMP: &str = r#"
+local c, m, a, x = read(KEYS[2])
+local m2 = math.max(now, m)
+local a2 = 0
+if m2 == m then a2 = 1 end
+redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', ARGV[3])
+local held = 0
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  redis.call('DEL', KEYS[3]); held = 1
+end
+return {instance, c + 1, m2, a2, ARGV[3], held}
+"#;
+
+// KEYS[2] = version; ARGV[2] = counter read ('' for any), ARGV[3] = existence.
+const LEARN: &str = r#"
+local c, m, a, x = read(KEYS[2])
+if ARGV[2] == '' or tonumber(ARGV[2]) == c then
+  redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', ARGV[3])
+end
+return 1
+"#;
+
+// KEYS[1] = lease; ARGV[1] = token.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+type Row = (String, u64, u64, u8, String);
+
+impl RedisStore {
+    /// A store on the Redis at `url` (e.g. `redis://127.0.0.1:6379/`). The connection is made
+    /// lazily and remade when lost, so this succeeds while Redis is down: writes then get `503`,
+    /// reads are forwarded without the `304` shortcut. Must be called within a tokio runtime.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(StoreError::new)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1);
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::new)?;
+        let proposal = format!("{:x}", RandomState::new().hash_one(SystemTime::now()));
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Ok(Self {
+            connection,
+            prefix: Arc::from("tc:"),
+            lease: Duration::from_secs(60),
+            proposal: Arc::from(proposal.as_str()),
+            scripts: Arc::new(Scripts {
+                current: script(CURRENT),
+                peek: script(PEEK),
+                bump: script(BUMP),
+                learn: script(LEARN),
+                release: Script::new(RELEASE),
+            }),
+        })
+    }
+
+    /// How long a write lock is leased: longer than the proxy's whole write (upstream timeout
+    /// and grace period included). Default 60 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Prefixes every key (default `tc:`), e.g. to share one Redis between deployments.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    fn key(&self, kind: &str, key: &str) -> String {
+        format!("{}{kind}:{key}", self.prefix)
+    }
+
+    fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    async fn row(&self, script: &Script, key: &str) -> Result<Version, StoreError> {
+        let row: Row = script
+            .key(self.epoch())
+            .key(self.key("v", key))
+            .arg(&*self.proposal)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreError::new)?;
+        version(row)
+    }
+
+    async fn bump_with_retries(
+        &self,
+        key: &str,
+        token: &str,
+        exists: Existence,
+    ) -> Result<Version, StoreError> {
+        // The write has happened (or may have): keep trying to record it while the lease keeps
+        // other writers out.
+        let deadline = Instant::now() + self.lease;
+        loop {
+            let attempt: Result<(String, u64, u64, u8, String, u8), _> = self
+                .scripts
+                .bump
+                .key(self.epoch())
+                .key(self.key("v", key))
+                .key(self.key("l", key))
+                .arg(&*self.proposal)
+                .arg(token)
+                .arg(existence_code(exists))
+                .invoke_async(&mut self.connection.clone())
+                .await;
+            match attempt {
+                Ok((instance, counter, modified, ambiguous, exists, held)) => {
+                    if held == 0 {
+                        tracing::warn!(
+                            key,
+                            "a write outlived its lease: another writer may have overtaken it"
+                        );
+                    }
+                    return version((instance, counter, modified, ambiguous, exists));
+                }
+                Err(err) if Instant::now() >= deadline => return Err(StoreError::new(err)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn release(&self, key: &str, token: &str) {
+        let result: Result<i64, _> = self
+            .scripts
+            .release
+            .key(self.key("l", key))
+            .arg(token)
+            .invoke_async(&mut self.connection.clone())
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, key, "a lease could not be released; it expires on its own");
+        }
+    }
+}
+
+fn existence_code(exists: Existence) -> &'static str {
+    match exists {
+        Existence::Unknown => "u",
+        Existence::Exists => "e",
+        Existence::Absent => "a",
+    }
+}
+
+fn version((epoch, counter, modified, ambiguous, exists): Row) -> Result<Version, StoreError> {
+    Ok(Version {
+        instance: epoch_instance(&epoch),
+        counter,
+        modified,
+        ambiguous: ambiguous == 1,
+        exists: match exists.as_str() {
+            "e" => Existence::Exists,
+            "a" => Existence::Absent,
+            _ => Existence::Unknown,
+        },
+    })
+}
+
+/// The ETag instance of an epoch: a hash of its id that every proxy computes alike (FNV-1a).
+/// The id joins the proposing proxy's random number with the Redis time, microseconds
+/// included, so an epoch made after a restart never shares the instance of one before it.
+fn epoch_instance(epoch: &str) -> u64 {
+    epoch.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn random_token() -> String {
+    format!(
+        "{:x}{:x}",
+        RandomState::new().hash_one(SystemTime::now()),
+        RandomState::new().hash_one(std::thread::current().id())
+    )
+}
+
+impl<K> VersionStore<K> for RedisStore
+where
+    K: AsRef<str> + Send + Sync + 'static,
+{
+    type Lock = RedisLock;
+
+    fn now(&self) -> u64 {
+        unix_secs(SystemTime::now())
+    }
+
+    fn tracked_resources(&self) -> usize {
+        0 // nothing is kept in the process
+    }
+
+    fn current_now(&self, _key: &K, _now: u64) -> Option<Snapshot> {
+        None
+    }
+
+    fn current(
+        &self,
+        key: &K,
+        _now: u64,
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move {
+            let version = self.row(&self.scripts.current, &key).await?;
+            Ok(Snapshot {
+                version,
+                cached: None,
+            })
+        }
+    }
+
+    fn peek(&self, key: &K) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move { self.row(&self.scripts.peek, &key).await }
+    }
+
+    fn learn_from_read(
+        &self,
+        key: &K,
+        counter: u64,
+        exists: Existence,
+        _cached: Option<Arc<HeaderMap>>,
+    ) {
+        let (store, key) = (self.clone(), key.as_ref().to_owned());
+        tokio::spawn(async move {
+            let _ = store.learn(&key, Some(counter), exists).await;
+        });
+    }
+
+    fn learn_existence(
+        &self,
+        key: &K,
+        exists: Existence,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move { self.learn(&key, None, exists).await }
+    }
+
+    fn lock(
+        &self,
+        key: &K,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<RedisLock>, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move {
+            let lease = self.key("l", &key);
+            let token = random_token();
+            let deadline = Instant::now() + wait;
+            let mut pause = Duration::from_millis(2);
+            loop {
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.lease.as_millis() as u64)
+                    .query_async(&mut self.connection.clone())
+                    .await
+                    .map_err(StoreError::new)?;
+                if taken.is_some() {
+                    return Ok(Some(RedisLock {
+                        store: Some(self.clone()),
+                        key,
+                        token,
+                    }));
+                }
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn bump(
+        &self,
+        key: &K,
+        mut lock: RedisLock,
+        exists: Existence,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        lock.store = None; // the bump releases it
+        async move { self.bump_with_retries(&key, &lock.token, exists).await }
+    }
+
+    fn bump_unsettled(&self, key: K, mut lock: RedisLock) {
+        lock.store = None;
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store
+                .bump_with_retries(key.as_ref(), &lock.token, Existence::Unknown)
+                .await
+            {
+                tracing::error!(error = %err, "a write of unknown outcome could not be recorded");
+            }
+        });
+    }
+}
+
+impl RedisStore {
+    async fn learn(
+        &self,
+        key: &str,
+        counter: Option<u64>,
+        exists: Existence,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .learn
+            .key(self.epoch())
+            .key(self.key("v", key))
+            .arg(&*self.proposal)
+            .arg(counter.map_or(String::new(), |c| c.to_string()))
+            .arg(existence_code(exists))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreError::new)?;
+        Ok(())
+    }
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let (key, token) = (
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            );
+            tokio::spawn(async move { store.release(&key, &token).await });
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}

@@ -1,0 +1,240 @@
+//! Several proxies, one truth: proxy binaries sharing a real redis-server (started here on a
+//! free loopback port) in front of one naive backend.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http::{header, Method, StatusCode};
+use support::{proxy::start_proxy, redis_server::RedisServer, Backend, HttpClient, Reply, HOLD};
+use tokio::process::Child;
+
+const DOC: &str = "/api/storage";
+
+async fn proxies(
+    redis: &RedisServer,
+    upstream: std::net::SocketAddr,
+    count: usize,
+    extra: &[&str],
+) -> Vec<(Child, HttpClient)> {
+    let mut started = Vec::new();
+    let (upstream, url) = (format!("http://{upstream}"), redis.url());
+    for _ in 0..count {
+        let mut args = vec!["--upstream", upstream.as_str(), "--redis", url.as_str()];
+        args.extend_from_slice(extra);
+        let (child, addr) = start_proxy(&args).await;
+        started.push((child, HttpClient::new(addr)));
+    }
+    started
+}
+
+fn tag(reply: &Reply) -> String {
+    reply.header(header::ETAG).expect("an ETag").to_owned()
+}
+
+/// Sends until the answer is not a 503 (the store reconnecting), at most a few seconds.
+async fn send_through_503s(
+    client: &HttpClient,
+    method: Method,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    for _ in 0..100 {
+        let reply = client.send(method.clone(), DOC, headers, body).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still 503 after 5 s");
+}
+
+async fn increments_lose_nothing(instances: usize) {
+    const CLIENTS: usize = 12;
+    const INCREMENTS: usize = 20;
+    let redis = RedisServer::start().await;
+    let backend = Backend::default();
+    let mut seed = backend.service();
+    support::call(&mut seed, support::request(Method::PUT, DOC, &[], "0")).await;
+    let upstream = support::serve(backend.service()).await;
+    let proxies = proxies(&redis, upstream, instances, &[]).await;
+
+    let successes = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let client = proxies[i % instances].1.clone();
+        let successes = successes.clone();
+        tasks.push(tokio::spawn(async move {
+            let read = client.send(Method::GET, DOC, &[], "").await;
+            let (mut value, mut held): (usize, String) = (read.text().parse().unwrap(), tag(&read));
+            let mut done = 0;
+            for _ in 0..10_000 {
+                if done == INCREMENTS {
+                    return;
+                }
+                let save = client
+                    .send(
+                        Method::PUT,
+                        DOC,
+                        &[("if-match", &held)],
+                        &(value + 1).to_string(),
+                    )
+                    .await;
+                match save.status {
+                    StatusCode::OK => {
+                        successes.fetch_add(1, Ordering::SeqCst);
+                        done += 1;
+                        value += 1;
+                        held = tag(&save);
+                    }
+                    StatusCode::PRECONDITION_FAILED => {
+                        let read = client.send(Method::GET, DOC, &[], "").await;
+                        (value, held) = (read.text().parse().unwrap(), tag(&read));
+                    }
+                    other => panic!("unexpected {other}: {}", save.text()),
+                }
+            }
+            panic!("a client made no progress");
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let final_value: usize = std::str::from_utf8(&backend.doc(DOC).unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(successes.load(Ordering::SeqCst), CLIENTS * INCREMENTS);
+    assert_eq!(final_value, CLIENTS * INCREMENTS, "an update was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_one_redis_lose_no_update() {
+    increments_lose_nothing(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_proxies_on_one_redis_lose_no_update() {
+    increments_lose_nothing(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_holds_the_resource_only_until_its_lease_expires() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (mut a_process, a) = proxies(&redis, upstream, 1, &["--redis-lease", "2"])
+        .await
+        .pop()
+        .unwrap();
+    // B gives up on a lock after 0.2 s, so a lease still held shows as a 503.
+    let (_b_process, b) = proxies(
+        &redis,
+        upstream,
+        1,
+        &["--redis-lease", "2", "--lock-timeout", "0.2"],
+    )
+    .await
+    .pop()
+    .unwrap();
+    let saved = a.send(Method::PUT, DOC, &[], "v1").await;
+    let v1 = tag(&saved);
+
+    // A takes the lease and forwards a write the backend holds; then A dies.
+    let dying = tokio::spawn({
+        let (client, v1) = (a.clone(), v1.clone());
+        async move {
+            client
+                .send(
+                    Method::PUT,
+                    DOC,
+                    &[("if-match", &v1), (HOLD, "1")],
+                    "from A",
+                )
+                .await
+        }
+    });
+    backend.arrived().await;
+    a_process.kill().await.unwrap();
+    drop(dying);
+
+    // While A's lease lives, B is kept out; once it expires, B proceeds.
+    let kept_out = b
+        .send(Method::PUT, DOC, &[("if-match", &v1)], "from B")
+        .await;
+    assert_eq!(
+        kept_out.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        kept_out.text()
+    );
+    let after = send_through_503s(&b, Method::PUT, &[("if-match", &v1)], "from B").await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text());
+    assert_eq!(backend.doc(DOC).unwrap(), "from B");
+    let next = b
+        .send(Method::PUT, DOC, &[("if-match", &tag(&after))], "next")
+        .await;
+    assert_eq!(next.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_between_a_read_and_a_write_gives_412() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let proxies = proxies(&redis, upstream, 1, &[]).await;
+    let client = &proxies[0].1;
+    for condition in ["if-match", "if-unmodified-since"] {
+        send_through_503s(client, Method::PUT, &[], "v1").await;
+        let read = client.send(Method::GET, DOC, &[], "").await;
+        let held = match condition {
+            "if-match" => tag(&read),
+            _ => read.last_modified().unwrap().to_owned(),
+        };
+
+        // Redis comes back empty, and another client writes first: its version must not look
+        // like the one the stale client holds.
+        redis.restart().await;
+        let newer = send_through_503s(client, Method::PUT, &[], "newer").await;
+        assert_eq!(newer.status, StatusCode::OK);
+        let stale = client
+            .send(Method::PUT, DOC, &[(condition, held.as_str())], "stale")
+            .await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{condition}");
+        assert_eq!(backend.doc(DOC).unwrap(), "newer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_writes_get_503_and_work_again_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let proxies = proxies(&redis, upstream, 1, &[]).await;
+    let client = &proxies[0].1;
+    client.send(Method::PUT, DOC, &[], "v1").await;
+
+    redis.stop().await;
+    let write = client.send(Method::PUT, DOC, &[], "unchecked").await;
+    assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(write.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(backend.doc(DOC).unwrap(), "v1", "never an unchecked write");
+    let read = client.send(Method::GET, DOC, &[], "").await;
+    assert_eq!(read.status, StatusCode::OK, "reads are still forwarded");
+    assert!(
+        read.header(header::ETAG).is_none(),
+        "with no version to vouch for"
+    );
+
+    redis.restart().await;
+    let write = send_through_503s(client, Method::PUT, &[], "v2").await;
+    assert_eq!(write.status, StatusCode::OK);
+    assert_eq!(backend.doc(DOC).unwrap(), "v2");
+}
