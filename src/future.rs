@@ -252,6 +252,7 @@ impl<Key, St: VersionStore<Key>> ReadInFlight<Key, St> {
         let learned = exists != Existence::Unknown
             && (exists != version.exists
                 || (exists == Existence::Exists
+                    && self.store.keeps_cached_headers()
                     && answer::cached_headers_differ(cached, res.headers())));
         if learned {
             let cached =

@@ -18,6 +18,9 @@
 //! that read the same version cannot both write it: no update is lost. Writes to different
 //! resources never wait on each other, and reads never wait at all.
 //!
+//! Versions live in a [`store::VersionStore`]: [`store::MemoryStore`] in the process by default,
+//! or, with the `redis` feature, `store::RedisStore`, shared by several proxies.
+//!
 //! Dates have one-second resolution. A date shared by two versions written in the same second
 //! is never accepted as a validator; once the clock has moved on, the current version is
 //! re-dated to a second of its own (its ETag stays). A resource the layer has not seen since it

@@ -95,6 +95,12 @@ pub trait VersionStore<K>: Send + Sync + 'static {
     /// The current version of `key`, as it is (never re-dated).
     fn peek(&self, key: &K) -> impl Future<Output = Result<Version, StoreError>> + Send;
 
+    /// Whether the store keeps the headers a `304` repeats (`learn_from_read`'s `cached`). A
+    /// store that does not is not told when only they change.
+    fn keeps_cached_headers(&self) -> bool {
+        true
+    }
+
     /// Records what a read of version `counter` showed, unless a write has bumped the version
     /// since. Best effort: a store may drop it.
     fn learn_from_read(

@@ -305,6 +305,10 @@ where
         0 // nothing is kept in the process
     }
 
+    fn keeps_cached_headers(&self) -> bool {
+        false
+    }
+
     fn current_now(&self, _key: &K, _now: u64) -> Option<Snapshot> {
         None
     }
