@@ -283,7 +283,15 @@ async fn proxy_shuts_down_gracefully_on_sigterm() {
             Err(err) => break err,
         }
     };
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Refused once the listener is closed (reset if a connection raced its closing).
+    let kind = refused.kind();
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused}"
+    );
     backend.release();
     assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
     let status = proxy.wait().await.unwrap();

@@ -28,6 +28,11 @@ pub async fn start() -> std::io::Result<SocketAddr> {
         "/api/storage".to_owned(),
         Bytes::from_static(b"{\"content\":\"hello\"}\n"),
     );
+    // The document the demo page's two editors share.
+    docs.lock().unwrap().insert(
+        "/api/demo".to_owned(),
+        Bytes::from_static(b"{\"items\":[]}"),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

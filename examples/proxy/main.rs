@@ -17,6 +17,7 @@
 #![deny(warnings)]
 
 mod demo_backend;
+mod demo_page;
 mod forward;
 mod stats;
 
@@ -24,8 +25,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -34,10 +35,11 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
-use tower_conditional::{store::VersionStore, ConditionalLayer, PathKey, ResponseBody};
+use tower_conditional::{store::VersionStore, ConditionalLayer, PathKey};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    forward::{ClientAddr, Forward, ProxyBody, RequestBody, Upstream},
+    forward::{ClientAddr, Forward, RequestBody, Upstream},
     stats::{ObserveLayer, Stats},
 };
 
@@ -83,6 +85,10 @@ struct Cli {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value = "10", value_parser = seconds)]
     shutdown_timeout: Duration,
+    /// Allow browser pages from this origin (e.g. http://localhost:5173) to call the proxy:
+    /// CORS with the conditional headers allowed and ETag/Last-Modified exposed. Repeatable.
+    #[arg(long)]
+    cors_origin: Vec<String>,
     /// Answer GET on this path with the proxy's counters as JSON (e.g. /_stats). Off by default.
     #[arg(long)]
     stats_path: Option<String>,
@@ -104,7 +110,8 @@ fn seconds(arg: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
 }
 
-type Body = Either<ResponseBody<ProxyBody>, Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
 type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, std::convert::Infallible>;
 
 #[tokio::main]
@@ -231,6 +238,8 @@ where
 {
     let request_timeout = cli.request_timeout;
     let stats_path = cli.stats_path.clone();
+    // The demo page belongs with the demo backend, whose `/api/demo` it edits.
+    let demo = cli.upstream.is_none();
     let layer_handle = layer.clone();
     let endpoint_stats = stats.clone();
     let conditional = ServiceBuilder::new()
@@ -246,21 +255,62 @@ where
         async move {
             if stats_path.as_deref() == Some(req.uri().path()) {
                 let body = stats.json(layer.tracked_resources());
-                let res = Response::new(Full::new(Bytes::from(body)));
-                return Ok(res.map(Either::Right));
+                return Ok(boxed(Response::new(Full::new(Bytes::from(body)))));
+            }
+            if demo {
+                if let Some(page) = demo_page::serve(req.uri().path()) {
+                    return Ok(boxed(page));
+                }
             }
             // A dropped request future never abandons a forwarded write: the layer runs those
             // to their end in tasks of their own.
             match tokio::time::timeout(request_timeout, conditional.oneshot(req)).await {
-                Ok(res) => res.map(|res| res.map(Either::Left)),
+                Ok(res) => res.map(boxed),
                 Err(_) => {
                     let body = "504 Gateway Timeout: the request took too long.\n";
-                    Ok(forward::text(StatusCode::GATEWAY_TIMEOUT, body).map(Either::Right))
+                    Ok(boxed(forward::text(StatusCode::GATEWAY_TIMEOUT, body)))
                 }
             }
         }
     });
-    BoxCloneSyncService::new(service)
+    // Outermost: a CORS preflight is answered here and never touches the version table.
+    let cors = (!cli.cors_origin.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = cli
+            .cors_origin
+            .iter()
+            .map(|o| HeaderValue::from_str(o).expect("a header value"))
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                header::IF_MODIFIED_SINCE,
+                header::IF_UNMODIFIED_SINCE,
+                header::IF_RANGE,
+                header::RANGE,
+            ])
+            .expose_headers([header::ETAG, header::LAST_MODIFIED, header::DATE])
+    });
+    BoxCloneSyncService::new(ServiceBuilder::new().option_layer(cors).service(service))
+}
+
+/// Any of the proxy's response bodies, as one type (CORS needs one with a `Default`).
+fn boxed<B>(res: Response<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
 async fn shutdown_signal() {
