@@ -298,3 +298,98 @@ async fn proxy_shuts_down_gracefully_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert_eq!(backend.doc("/doc").unwrap(), "finishing");
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_without_touching_the_version_table() {
+    let origin = "http://app.example";
+    let (_proxy, addr) = start_proxy(&["--cors-origin", origin, "--stats-path", "/_stats"]).await;
+    let client = HttpClient::new(addr);
+    let preflight = client
+        .send(
+            Method::OPTIONS,
+            "/api/fresh",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "if-match, content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert!(preflight.status.is_success(), "{}", preflight.status);
+    assert_eq!(
+        preflight.header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        Some(origin)
+    );
+    let allowed = preflight
+        .header(http::header::ACCESS_CONTROL_ALLOW_HEADERS)
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    ] {
+        assert!(allowed.contains(name), "{name} not allowed: {allowed}");
+    }
+    let stats = client.send(Method::GET, "/_stats", &[], "").await;
+    assert!(
+        stats.text().contains("\"reads\":0,") && stats.text().contains("\"tracked_resources\":0"),
+        "{}",
+        stats.text()
+    );
+
+    let read = client
+        .send(Method::GET, "/api/storage", &[("origin", origin)], "")
+        .await;
+    assert_eq!(
+        read.header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        Some(origin)
+    );
+    let exposed = read
+        .header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("etag") && exposed.contains("last-modified"),
+        "{exposed}"
+    );
+    let other = client
+        .send(
+            Method::GET,
+            "/api/storage",
+            &[("origin", "http://evil.example")],
+            "",
+        )
+        .await;
+    assert!(other
+        .header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_with_the_embedded_backend_only() {
+    let (_proxy, addr) = start_proxy(&[]).await;
+    let page = HttpClient::new(addr)
+        .send(Method::GET, "/_demo/", &[], "")
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("conditional-storage.js"));
+    let script = HttpClient::new(addr)
+        .send(Method::GET, "/_demo/conditional-storage.js", &[], "")
+        .await;
+    assert!(script.text().contains("export class ConditionalStorage"));
+
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&["--upstream", &format!("http://{upstream}")]).await;
+    let page = HttpClient::new(addr)
+        .send(Method::GET, "/_demo/", &[], "")
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::NOT_FOUND,
+        "forwarded to the real backend"
+    );
+}
