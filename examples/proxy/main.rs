@@ -151,6 +151,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     )?;
     #[cfg(feature = "redis")]
     if let Some(url) = cli.redis.clone() {
+        if cli.redis_lease <= cli.upstream_timeout + cli.timeout_grace {
+            tracing::warn!(
+                lease = ?cli.redis_lease,
+                "the Redis lease is not longer than a whole write (--upstream-timeout plus \
+                 --timeout-grace): a slow write could be overtaken by the next one"
+            );
+        }
         let store = tower_conditional::store::RedisStore::open(&url)?.lease(cli.redis_lease);
         let layer = layer.store(store);
         return serve(
