@@ -113,9 +113,8 @@ where
         let Some(key) = key else {
             return ResponseFuture::passthrough(self.inner.call(request));
         };
-        let store = self.store.clone();
         if let Access::Write = access {
-            let inner = self.take_ready();
+            let (inner, store) = (self.take_ready(), self.store.clone());
             return ResponseFuture::preparing(Box::pin(write::prepare(
                 inner,
                 request,
@@ -126,18 +125,19 @@ where
         }
         // The version is taken before forwarding: a write that lands meanwhile makes the stamp
         // older than the data, never newer.
-        let now = store.now();
-        let Some(snapshot) = store.current_now(&key, now) else {
-            let inner = self.take_ready();
+        let now = self.store.now();
+        let Some(snapshot) = self.store.current_now(&key, now) else {
+            let (inner, store) = (self.take_ready(), self.store.clone());
             return ResponseFuture::preparing(Box::pin(future::read_later(
                 inner, request, key, store,
             )));
         };
+        // Only a forwarded read keeps the store (a 304 or 412 shares no counter across threads).
         match future::decide_read(&mut request, &snapshot, now) {
             ReadStep::Answer(answer) => ResponseFuture::answered(answer),
             ReadStep::Forward { if_exists } => {
                 let read = ReadInFlight {
-                    store,
+                    store: self.store.clone(),
                     key,
                     snapshot,
                     if_exists,
