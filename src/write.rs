@@ -85,7 +85,7 @@ the resource exists, and the backend's answer to HEAD (or GET) did not tell. Ret
 
 /// Steps 1 to 4 for one write; `inner` has been readied for it.
 pub(crate) async fn prepare<S, ReqBody, ResBody, Key, St>(
-    inner: S,
+    mut inner: S,
     request: Request<ReqBody>,
     key: Key,
     store: Arc<St>,
@@ -100,100 +100,89 @@ where
     Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
-    match prepare_checked(inner, request, key, &store, config).await {
-        Ok(prepared) => prepared,
-        Err(err) => {
+    let store = &store;
+    let prepared = async {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(body, config.max_body).await {
+            Ok(body) => body,
+            Err(body) => {
+                let refused = Answer::plain(body.0, body.1, store.now());
+                return Ok(Prepared::Answer(refused));
+            }
+        };
+        let mut request = Request::from_parts(parts, ReqBody::from_bytes(body));
+
+        let Some(lock) = store.lock(&key, config.lock_timeout).await? else {
+            let busy = Answer::service_unavailable(LOCK_BUSY, store.now());
+            return Ok(Prepared::Answer(busy));
+        };
+
+        let mut probed = false;
+        loop {
+            match evaluate(
+                request.headers(),
+                &key,
+                &**store,
+                config.require_precondition,
+            )
+            .await?
+            {
+                Step::Answer(answer) => return Ok(Prepared::Answer(answer)),
+                Step::Forward => break,
+                Step::Probe if probed => {
+                    let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, store.now());
+                    return Ok(Prepared::Answer(unsure));
+                }
+                Step::Probe => {
+                    // Under the lock no write can change the answer between the probe and the decision.
+                    let head = probe_request(Method::HEAD, &request);
+                    let get = probe_request(Method::GET, &request);
+                    let exists = probe(&mut inner, head, get).await.map_err(Refused::Inner)?;
+                    store.learn_existence(&key, exists).await?;
+                    probed = true;
+                    poll_fn(|cx| inner.poll_ready(cx))
+                        .await
+                        .map_err(Refused::Inner)?;
+                }
+            }
+        }
+
+        precondition::remove_conditions(request.headers_mut());
+        let on_success = match *request.method() {
+            Method::DELETE => Existence::Absent,
+            _ => Existence::Exists,
+        };
+        let in_flight = WriteInFlight {
+            store: store.clone(),
+            key,
+            on_success,
+            lock: Some(lock),
+        };
+        let (report, outcome) = oneshot::channel();
+        tokio::spawn(run(inner.call(request), in_flight, config, report));
+        Ok(Prepared::Forwarded(outcome))
+    };
+    match prepared.await {
+        Ok(prepared) => Ok(prepared),
+        Err(Refused::Inner(err)) => Err(err),
+        Err(Refused::Store(err)) => {
             tracing::warn!(error = %err, "write refused");
-            Ok(Prepared::Answer(Answer::service_unavailable(
-                STORE_UNAVAILABLE,
-                store.now(),
-            )))
+            let unavailable = Answer::service_unavailable(STORE_UNAVAILABLE, store.now());
+            Ok(Prepared::Answer(unavailable))
         }
     }
 }
 
-/// [`prepare`], with the store's errors left to the caller.
-async fn prepare_checked<S, ReqBody, ResBody, Key, St>(
-    mut inner: S,
-    request: Request<ReqBody>,
-    key: Key,
-    store: &Arc<St>,
-    config: Config,
-) -> Result<Result<Prepared<S::Response, S::Error>, S::Error>, StoreError>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: FromBytes,
-    Key: Clone + Send + Sync + 'static,
-    St: VersionStore<Key>,
-{
-    let (parts, body) = request.into_parts();
-    let body = match read_body(body, config.max_body).await {
-        Ok(body) => body,
-        Err(body) => {
-            return Ok(Ok(Prepared::Answer(Answer::plain(
-                body.0,
-                body.1,
-                store.now(),
-            ))))
-        }
-    };
-    let mut request = Request::from_parts(parts, ReqBody::from_bytes(body));
+/// Why a write could not be prepared: the store, or the inner service (during a probe).
+enum Refused<E> {
+    Store(StoreError),
+    Inner(E),
+}
 
-    let Some(lock) = store.lock(&key, config.lock_timeout).await? else {
-        let busy = Answer::service_unavailable(LOCK_BUSY, store.now());
-        return Ok(Ok(Prepared::Answer(busy)));
-    };
-
-    let mut probed = false;
-    loop {
-        match evaluate(
-            request.headers(),
-            &key,
-            &**store,
-            config.require_precondition,
-        )
-        .await?
-        {
-            Step::Answer(answer) => return Ok(Ok(Prepared::Answer(answer))),
-            Step::Forward => break,
-            Step::Probe if probed => {
-                let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, store.now());
-                return Ok(Ok(Prepared::Answer(unsure)));
-            }
-            Step::Probe => {
-                // Under the lock no write can change the answer between the probe and the decision.
-                let head = probe_request(Method::HEAD, &request);
-                let get = probe_request(Method::GET, &request);
-                let exists = match probe(&mut inner, head, get).await {
-                    Ok(exists) => exists,
-                    Err(err) => return Ok(Err(err)),
-                };
-                store.learn_existence(&key, exists).await?;
-                probed = true;
-                if let Err(err) = poll_fn(|cx| inner.poll_ready(cx)).await {
-                    return Ok(Err(err));
-                }
-            }
-        }
+impl<E> From<StoreError> for Refused<E> {
+    fn from(err: StoreError) -> Self {
+        Refused::Store(err)
     }
-
-    precondition::remove_conditions(request.headers_mut());
-    let on_success = match *request.method() {
-        Method::DELETE => Existence::Absent,
-        _ => Existence::Exists,
-    };
-    let in_flight = WriteInFlight {
-        store: store.clone(),
-        key,
-        on_success,
-        lock: Some(lock),
-    };
-    let (report, outcome) = oneshot::channel();
-    tokio::spawn(run(inner.call(request), in_flight, config, report));
-    Ok(Ok(Prepared::Forwarded(outcome)))
 }
 
 /// Reads a write's body in full, or says why not (status and body of the answer).
