@@ -211,8 +211,7 @@ pub(crate) enum ReadStep {
 /// `If-Range` invalidates and removes the conditions the layer has evaluated.
 pub(crate) fn decide_read<B>(request: &mut Request<B>, snapshot: &Snapshot, now: u64) -> ReadStep {
     let version = snapshot.version;
-    let tag = version.tag();
-    let conditions = Conditions::parse(request.headers(), tag, version);
+    let conditions = Conditions::parse(request.headers(), version);
     let if_exists = match conditions.verdict(false, version, false) {
         Verdict::Decided(Decision::Forward) => None,
         Verdict::Decided(Decision::NotModified) => {
@@ -223,7 +222,7 @@ pub(crate) fn decide_read<B>(request: &mut Request<B>, snapshot: &Snapshot, now:
         Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
     };
     let method = request.method().clone();
-    conditions.strip(&method, request.headers_mut(), version, tag);
+    conditions.strip(&method, request.headers_mut(), version);
     ReadStep::Forward { if_exists }
 }
 

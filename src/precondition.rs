@@ -7,7 +7,7 @@ use http::{
 
 use crate::{
     date,
-    etag::{IfRange, Tag, TagCondition},
+    etag::{IfRange, TagCondition},
     version::{Existence, Version},
 };
 
@@ -48,7 +48,8 @@ pub(crate) struct Conditions {
 
 impl Conditions {
     /// The conditions of `headers`, against the version `current` whose tag is `tag`.
-    pub(crate) fn parse(headers: &HeaderMap, tag: Tag, current: Version) -> Self {
+    pub(crate) fn parse(headers: &HeaderMap, current: Version) -> Self {
+        let tag = current.tag();
         // One pass over the (usually few) fields first: most requests carry no condition, and
         // then nothing is looked up.
         let (mut present, mut range) = (false, false);
@@ -81,20 +82,12 @@ impl Conditions {
     /// conditional fields. The layer has evaluated them against its own versions; a backend that
     /// evaluated them again against its own validators (which never match the layer's) would
     /// refuse or short-circuit requests the layer let through.
-    pub(crate) fn strip(
-        &self,
-        method: &Method,
-        headers: &mut HeaderMap,
-        version: Version,
-        tag: Tag,
-    ) {
-        if self.range && range_must_be_dropped(method, headers, version, tag) {
+    pub(crate) fn strip(&self, method: &Method, headers: &mut HeaderMap, version: Version) {
+        if self.range && range_must_be_dropped(method, headers, version) {
             headers.remove(RANGE);
         }
         if self.present {
-            for name in &CONDITIONAL {
-                headers.remove(name);
-            }
+            remove_conditions(headers);
         }
     }
 
@@ -202,16 +195,11 @@ pub(crate) fn remove_conditions(headers: &mut HeaderMap) {
 /// Step 5: a `GET` whose `If-Range` does not name the current version is served in full, so
 /// its `Range` must not reach the inner service (§13.1.5). `If-Range` without `Range`, or on
 /// another method, is ignored.
-pub(crate) fn range_must_be_dropped(
-    method: &Method,
-    headers: &HeaderMap,
-    version: Version,
-    current: Tag,
-) -> bool {
-    if method != Method::GET || !headers.contains_key(RANGE) {
+fn range_must_be_dropped(method: &Method, headers: &HeaderMap, version: Version) -> bool {
+    if method != Method::GET {
         return false;
     }
-    match IfRange::parse(headers, current) {
+    match IfRange::parse(headers, version.tag()) {
         IfRange::Absent | IfRange::StrongMatch => false,
         IfRange::Date(date) => !version.is_validated_by(date),
         IfRange::NoMatch => true,
@@ -223,11 +211,6 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
-
-    const TAG: Tag = Tag {
-        instance: 1,
-        counter: 7,
-    };
 
     fn version(exists: Existence) -> Version {
         Version {
@@ -247,7 +230,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        Conditions::parse(&headers, TAG, version(Existence::Exists))
+        Conditions::parse(&headers, version(Existence::Exists))
     }
 
     #[test]

@@ -253,7 +253,7 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     require_precondition: bool,
 ) -> Result<Step, StoreError> {
     let version = store.peek(key).await?;
-    let conditions = Conditions::parse(headers, version.tag(), version);
+    let conditions = Conditions::parse(headers, version);
     let decision = match conditions.verdict(true, version, require_precondition) {
         Verdict::Decided(decision) => decision,
         Verdict::DependsOnExistence { .. } => return Ok(Step::Probe),
