@@ -391,3 +391,28 @@ async fn a_write_that_waits_for_its_lock_calls_the_service_that_was_readied() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(backend.doc(DOC).unwrap(), "second");
 }
+
+#[tokio::test]
+async fn a_probe_that_fails_returns_the_inner_error_and_leaves_the_resource_writable() {
+    let backend = Backend::default();
+    let mut service = ConditionalLayer::new().layer(backend.service());
+    // The probe copies the request's headers, so the backend fails the HEAD too.
+    let create = request(
+        Method::PUT,
+        DOC,
+        &[("if-none-match", "*"), (FAIL, "1")],
+        "x",
+    );
+    assert!(try_call(&mut service, create).await.is_err());
+    assert_eq!(
+        backend.methods(),
+        [Method::HEAD],
+        "only the probe reached the backend"
+    );
+    let create = request(Method::PUT, DOC, &[("if-none-match", "*")], "created");
+    assert_eq!(
+        try_call(&mut service, create).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.doc(DOC).unwrap(), "created");
+}
