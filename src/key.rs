@@ -59,34 +59,47 @@ impl ExtractKey for PathKey {
 
 /// Normalizes a URI path per RFC 3986 §6.2.2: percent-encoded unreserved characters are
 /// decoded, the hex digits of the other percent-encodings are upper-cased, and `.` and `..`
-/// segments are removed. Nothing else is folded: letter case, `//` and a trailing `/` are kept,
-/// since backends may tell those apart. A path that is already normal is borrowed, not copied.
+/// segments are removed. A `%` that starts no percent-encoding is encoded as `%25`, so that
+/// decoding never makes a new one out of it (`/%%330` is `/%2530`, not `/%30` then `/0`):
+/// normalizing twice gives what normalizing once gave. An empty path (an authority-form target)
+/// is `/`, the path it is forwarded as. Nothing else is folded: letter case, `//` and a trailing
+/// `/` are kept, since backends may tell those apart. A path that is already normal is
+/// borrowed, not copied.
 ///
 /// ```
 /// use tower_conditional::key::normalize_path;
 ///
 /// assert_eq!(normalize_path("/a/./b/../%63%2f%7e"), "/a/c%2F~");
 /// assert_eq!(normalize_path("/A//b/"), "/A//b/");
+/// assert_eq!(normalize_path("/100%"), "/100%25");
 /// ```
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
     let decoded = normalize_percent_encoding(path);
-    if !has_dot_segment(&decoded) {
-        return decoded;
+    let normal = if has_dot_segment(&decoded) {
+        Cow::Owned(remove_dot_segments(&decoded))
+    } else {
+        decoded
+    };
+    if normal.is_empty() {
+        return Cow::Borrowed("/");
     }
-    Cow::Owned(remove_dot_segments(&decoded))
+    normal
 }
 
 /// §6.2.2.1 and §6.2.2.2: decode `%XX` when it encodes an unreserved character, upper-case it
-/// otherwise. A `%` not followed by two hex digits is left as it is.
+/// otherwise. A `%` not followed by two hex digits becomes `%25`.
 fn normalize_percent_encoding(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let needs_work = bytes.iter().enumerate().any(|(i, &b)| {
         b == b'%'
-            && matches!(
-                (bytes.get(i + 1), bytes.get(i + 2)),
-                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit()
-                    && (is_unreserved(hex_pair(*h, *l)) || h.is_ascii_lowercase() || l.is_ascii_lowercase())
-            )
+            && match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                    is_unreserved(hex_pair(*h, *l))
+                        || h.is_ascii_lowercase()
+                        || l.is_ascii_lowercase()
+                }
+                _ => true, // a bare `%`
+            }
     });
     if !needs_work {
         return Cow::Borrowed(path);
@@ -105,6 +118,10 @@ fn normalize_percent_encoding(path: &str) -> Cow<'_, str> {
                     out.push(char::from(l.to_ascii_uppercase()));
                 }
                 i += 3;
+            }
+            (b'%', _, _) => {
+                out.push_str("%25");
+                i += 1;
             }
             _ => {
                 // Copy up to the next `%` in one go; `%` is ASCII, so this stays on a char boundary.
@@ -188,8 +205,12 @@ mod tests {
             ("/a%2Fb", "/a%2Fb"),
             ("/%7e%7E", "/~~"),
             ("/%e2%82%ac", "/%E2%82%AC"),
-            ("/%", "/%"),
-            ("/%zz%4", "/%zz%4"),
+            ("/%", "/%25"),
+            ("/%zz%4", "/%25zz%254"),
+            ("/%%330", "/%2530"), // found by `normalization_is_idempotent`
+            ("/%25", "/%25"),
+            ("", "/"),
+            ("a/..", "/"),
             ("/a//b/", "/a//b/"),
             ("/A/B", "/A/B"),
             ("/.a/..b/", "/.a/..b/"),
@@ -201,14 +222,21 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for path in ["/", "/api/storage", "/a%2Fb", "/a//b/", "/%zz"] {
+        for path in ["/", "/api/storage", "/a%2Fb", "/a//b/", "/%25zz"] {
             assert!(matches!(normalize_path(path), Cow::Borrowed(_)), "{path}");
         }
     }
 
     proptest! {
         #[test]
-        fn normalization_is_idempotent(path in "/[a-zA-Z0-9%./~_-]{0,24}") {
+        fn normalization_is_idempotent(path in "/?[a-zA-Z0-9%./~_-]{0,24}") {
+            let once = normalize_path(&path).into_owned();
+            prop_assert_eq!(normalize_path(&once), once.as_str());
+        }
+
+        /// Mostly `%`, hex digits, dots and slashes: where encodings and segments interact.
+        #[test]
+        fn normalization_of_encodings_is_idempotent(path in "/?[%0-9a-fA-F./]{0,24}") {
             let once = normalize_path(&path).into_owned();
             prop_assert_eq!(normalize_path(&once), once.as_str());
         }
