@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Layer, Service};
+use tower_conditional::store::MemoryStore;
 use tower_conditional::{clock::ManualClock, ConditionalLayer};
 
 struct Counting;
@@ -59,7 +60,7 @@ fn main() {
         .build()
         .unwrap();
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_750_000_000));
-    let layer = ConditionalLayer::new().clock(clock.clone());
+    let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
     let mut service = layer.layer(service_fn(|_req: Request<Full<Bytes>>| {
         ready(Ok::<_, Infallible>(Response::new(Full::new(
             Bytes::from_static(b"{}"),

@@ -21,6 +21,7 @@ use http::{header, Method, Request, Response};
 use http_body_util::Full;
 use tokio::runtime::Runtime;
 use tower::{service_fn, util::ServiceFn, Layer, Service};
+use tower_conditional::store::MemoryStore;
 use tower_conditional::{clock::ManualClock, ConditionalLayer};
 
 const PATH: &str = "/api/storage";
@@ -81,7 +82,9 @@ fn overhead(c: &mut Criterion) {
         .unwrap();
     let runtime = &runtime;
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_750_000_000));
-    let mut layered = ConditionalLayer::new().clock(clock.clone()).layer(bare());
+    let mut layered = ConditionalLayer::new()
+        .store(MemoryStore::new().clock(clock.clone()))
+        .layer(bare());
     let mut bare = bare();
     clock.advance(Duration::from_secs(1));
     let saved = call_now(runtime, &mut layered, request(Method::PUT, None));

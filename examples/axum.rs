@@ -4,7 +4,6 @@
 //! cargo run --example axum
 //! curl -i http://127.0.0.1:3000/api/storage
 //! ```
-#![deny(warnings)]
 
 use std::sync::{Arc, Mutex};
 

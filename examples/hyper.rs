@@ -5,7 +5,6 @@
 //! curl -i -X PUT -d 'hello' http://127.0.0.1:3001/notes/1
 //! curl -i http://127.0.0.1:3001/notes/1
 //! ```
-#![deny(warnings)]
 
 use std::{
     collections::HashMap,

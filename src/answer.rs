@@ -13,6 +13,7 @@ use http::{
 use crate::{
     body::ResponseBody,
     date,
+    precondition::Malformed,
     store::{Snapshot, Version},
 };
 
@@ -28,16 +29,8 @@ pub(crate) struct Answer {
     now: u64,
 }
 
-const PRECONDITION_FAILED: &str = "412 Precondition Failed: the resource has changed since the \
-version this request was based on. Re-read it (GET) and retry with its new ETag or Last-Modified.\n";
-const PRECONDITION_REQUIRED: &str = "428 Precondition Required: this server refuses blind \
-overwrites. Read the resource first and send its ETag in If-Match (or its Last-Modified in \
-If-Unmodified-Since), or If-None-Match: * to create it only if it does not exist.\n";
-
-const WRITE_TIMED_OUT: &str = "504 Gateway Timeout: the write took too long; its outcome is \
-unknown. Re-read the resource before retrying.\n";
-
 impl Answer {
+    /// `304 Not Modified` for `snapshot`, repeating what its last 2xx read carried.
     pub(crate) fn not_modified(snapshot: Snapshot, now: u64) -> Self {
         Self {
             status: StatusCode::NOT_MODIFIED,
@@ -48,33 +41,128 @@ impl Answer {
         }
     }
 
+    /// `412 Precondition Failed`, with the validators of the current `version`.
     pub(crate) fn precondition_failed(version: Version, now: u64) -> Self {
         Self {
             status: StatusCode::PRECONDITION_FAILED,
-            body: PRECONDITION_FAILED,
+            body: "412 Precondition Failed: the resource has changed since the version this \
+request was based on. Re-read it (GET) and retry with its new ETag or Last-Modified.\n",
             stamp: Some(version),
             cached: None,
             now,
         }
     }
 
+    /// `428 Precondition Required`: a blind write, refused.
     pub(crate) fn precondition_required(now: u64) -> Self {
         Self::plain(
             StatusCode::PRECONDITION_REQUIRED,
-            PRECONDITION_REQUIRED,
+            "428 Precondition Required: this server refuses blind overwrites. Read the \
+resource first and send its ETag in If-Match (or its Last-Modified in If-Unmodified-Since), or \
+If-None-Match: * to create it only if it does not exist.\n",
             now,
         )
     }
 
-    pub(crate) fn service_unavailable(body: &'static str, now: u64) -> Self {
+    /// `400 Bad Request`: a write's tag condition that cannot be parsed (ignoring it would
+    /// make the write blind).
+    pub(crate) fn malformed(field: Malformed, now: u64) -> Self {
+        let body = match field {
+            Malformed::IfMatch => {
+                "400 Bad Request: If-Match must be * or a comma-separated list of entity-tags \
+such as \"abc.1\" (quotes included).\n"
+            }
+            Malformed::IfNoneMatch => {
+                "400 Bad Request: If-None-Match must be * or a comma-separated list of \
+entity-tags such as \"abc.1\" (quotes included).\n"
+            }
+        };
+        Self::plain(StatusCode::BAD_REQUEST, body, now)
+    }
+
+    /// `413 Content Too Large`: a write body over the layer's limit.
+    pub(crate) fn body_too_large(now: u64) -> Self {
+        Self::plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Content Too Large: write bodies are read in full before the resource is \
+locked, and this one is over the limit.\n",
+            now,
+        )
+    }
+
+    /// `400 Bad Request`: a write body that failed while it was read.
+    pub(crate) fn body_unreadable(now: u64) -> Self {
+        Self::plain(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: the request body could not be read.\n",
+            now,
+        )
+    }
+
+    /// `503`: the resource's lock stayed taken for the whole lock timeout.
+    pub(crate) fn lock_busy(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: another write to this resource is taking too long. \
+Retry shortly.\n",
+            now,
+        )
+    }
+
+    /// `503`: the version store did not answer, so no write can be checked.
+    pub(crate) fn store_unavailable(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: the version store cannot be reached, so no write can \
+be checked. Retry shortly.\n",
+            now,
+        )
+    }
+
+    /// `503`: a `*` precondition needs to know whether the resource exists, and the backend's
+    /// answer to the probe did not tell.
+    pub(crate) fn probe_inconclusive(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: the precondition depends on whether the resource \
+exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n",
+            now,
+        )
+    }
+
+    /// `504`: a forwarded write took longer than the write timeout.
+    pub(crate) fn write_timed_out(now: u64) -> Self {
+        Self::plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "504 Gateway Timeout: the write took too long; its outcome is unknown. Re-read \
+the resource before retrying.\n",
+            now,
+        )
+    }
+
+    /// `500`: the inner service panicked while handling a forwarded write.
+    pub(crate) fn write_panicked(now: u64) -> Self {
+        Self::plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error: the service failed (it panicked) while handling this \
+write; its outcome is unknown. Re-read the resource before retrying.\n",
+            now,
+        )
+    }
+
+    /// `503`: the task running a forwarded write ended without an answer (its runtime shut
+    /// down, or the task failed after the write).
+    pub(crate) fn write_abandoned(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: the task running this write ended before it could \
+answer (the server is shutting down, or failed); its outcome is unknown. Re-read the resource \
+before retrying.\n",
+            now,
+        )
+    }
+
+    fn unavailable(body: &'static str, now: u64) -> Self {
         Self::plain(StatusCode::SERVICE_UNAVAILABLE, body, now)
     }
 
-    pub(crate) fn write_timed_out(now: u64) -> Self {
-        Self::plain(StatusCode::GATEWAY_TIMEOUT, WRITE_TIMED_OUT, now)
-    }
-
-    pub(crate) fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
+    fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
         Self {
             status,
             body,
@@ -84,6 +172,8 @@ impl Answer {
         }
     }
 
+    /// The response, with a `Date` from the layer's clock (never earlier than the
+    /// `Last-Modified` it carries).
     pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
         let mut res = Response::new(ResponseBody::own(self.body));
         *res.status_mut() = self.status;

@@ -8,10 +8,10 @@
 //!
 //! ```
 //! use std::time::{Duration, UNIX_EPOCH};
-//! use tower_conditional::{clock::ManualClock, ConditionalLayer};
+//! use tower_conditional::{clock::ManualClock, store::MemoryStore, ConditionalLayer};
 //!
 //! let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-//! let layer = ConditionalLayer::new().clock(clock.clone());
+//! let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
 //! clock.advance(Duration::from_secs(1)); // the layer sees the next second
 //! # drop(layer);
 //! ```
@@ -93,8 +93,9 @@ impl fmt::Debug for ManualClock {
     }
 }
 
-/// Whole seconds since the Unix epoch; times before it read as 0.
-pub(crate) fn unix_secs(time: SystemTime) -> u64 {
+/// Whole seconds since the Unix epoch, as the layer's dates count them; times before it read
+/// as 0.
+pub fn unix_secs(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }

@@ -5,10 +5,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use crate::{
-    clock::Clock,
     key::{ExtractKey, PathKey},
     service::Conditional,
-    store::{MemoryStore, VersionStore},
+    store::{MemoryStore, Rekey, VersionStore},
     write::Config,
 };
 
@@ -16,11 +15,11 @@ use crate::{
 ///
 /// Every service this layer (or a clone of it) makes shares one version store, so the layer can
 /// be applied route by route (as axum's `Router::layer` does) and still see one resource once.
-/// [`clock`](ConditionalLayer::clock), [`max_resources`](ConditionalLayer::max_resources) and
-/// [`key_fn`](ConditionalLayer::key_fn) start a new, empty in-memory store; set a shared store
-/// with [`store`](ConditionalLayer::store) after them.
+/// Each setting has one setter, and setters commute: [`key_fn`](ConditionalLayer::key_fn)
+/// keeps the store set by [`store`](ConditionalLayer::store), before or after it.
 ///
 /// See the [crate docs](crate) for an example.
+#[must_use]
 pub struct ConditionalLayer<K: ExtractKey = PathKey, St = MemoryStore<<K as ExtractKey>::Key>> {
     extract_key: K,
     store: Arc<St>,
@@ -28,7 +27,19 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey, St = MemoryStore<<K as Extr
 }
 
 impl ConditionalLayer {
-    /// A layer keyed by the normalized request path, with an in-memory store on the system clock.
+    /// A layer keyed by the normalized request path, with an unbounded in-memory store on the
+    /// system clock.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_conditional::ConditionalLayer;
+    /// # let storage = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default()))
+    /// # });
+    ///
+    /// let service = ServiceBuilder::new().layer(ConditionalLayer::new()).service(storage);
+    /// # drop(service);
+    /// ```
     pub fn new() -> Self {
         Self {
             extract_key: PathKey,
@@ -44,44 +55,42 @@ impl Default for ConditionalLayer {
     }
 }
 
-impl<K: ExtractKey> ConditionalLayer<K, MemoryStore<K::Key>> {
-    /// Uses `clock` for every date the layer issues (tests use a
-    /// [`ManualClock`](crate::clock::ManualClock)).
-    pub fn clock(self, clock: impl Clock) -> Self {
-        let (_, max) = self.store.config();
-        Self {
-            store: Arc::new(MemoryStore::with(Arc::new(clock), max)),
-            ..self
-        }
-    }
-
-    /// Tracks at most about `n` resources; see [`MemoryStore::max_resources`]. Unbounded by
-    /// default.
-    pub fn max_resources(self, n: usize) -> Self {
-        let (clock, _) = self.store.config();
-        Self {
-            store: Arc::new(MemoryStore::with(clock, n.max(1))),
-            ..self
-        }
-    }
-
+impl<K: ExtractKey, St> ConditionalLayer<K, St> {
     /// Maps requests to resources with `extract_key`, usually a closure
     /// `Fn(&http::request::Parts) -> Option<Key>`; `None` passes a request through untouched.
-    pub fn key_fn<K2: ExtractKey>(
-        self,
-        extract_key: K2,
-    ) -> ConditionalLayer<K2, MemoryStore<K2::Key>> {
+    /// The store is kept (an in-memory one, emptied, for the new key type).
+    ///
+    /// ```
+    /// use http::request::Parts;
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// // One resource per document id, whatever the path spelling around it.
+    /// let layer = ConditionalLayer::new().key_fn(|parts: &Parts| {
+    ///     parts.uri.path().strip_prefix("/docs/").map(str::to_owned)
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn key_fn<K2>(self, extract_key: K2) -> ConditionalLayer<K2, St::Rekeyed>
+    where
+        K2: ExtractKey,
+        St: Rekey<K2::Key>,
+    {
         ConditionalLayer {
-            store: Arc::new(self.store.rekeyed()),
+            store: Arc::new(self.store.rekey()),
             extract_key,
             config: self.config,
         }
     }
-}
 
-impl<K: ExtractKey, St> ConditionalLayer<K, St> {
-    /// Keeps versions in `store` instead: e.g. a [`RedisStore`](crate::store) shared by several
-    /// proxies.
+    /// Keeps versions in `store`: a [`MemoryStore`] with its own clock or bound, or, with the
+    /// `redis` feature, a `RedisStore` shared by several proxies.
+    ///
+    /// ```
+    /// use tower_conditional::{store::MemoryStore, ConditionalLayer};
+    ///
+    /// let layer = ConditionalLayer::new().store(MemoryStore::new().max_resources(1_000_000));
+    /// # drop(layer);
+    /// ```
     pub fn store<St2: VersionStore<K::Key>>(self, store: St2) -> ConditionalLayer<K, St2> {
         ConditionalLayer {
             extract_key: self.extract_key,
@@ -93,6 +102,13 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
     /// With `true`, a write that carries none of `If-Match`, `If-None-Match` and a valid
     /// `If-Unmodified-Since` is answered `428 Precondition Required` (RFC 6585 §3): no blind
     /// overwrites. Off by default.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().require_precondition(true);
+    /// # drop(layer);
+    /// ```
     pub fn require_precondition(mut self, require: bool) -> Self {
         self.config.require_precondition = require;
         self
@@ -100,6 +116,13 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
 
     /// The largest write body the layer reads before locking the resource; a larger one gets
     /// `413 Content Too Large`. Default 8 MiB.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().max_body_size(64 * 1024);
+    /// # drop(layer);
+    /// ```
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.config.max_body = bytes;
         self
@@ -107,13 +130,30 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
 
     /// How long a write waits for its resource's lock before it gets `503 Service Unavailable`
     /// with `Retry-After`. Default 10 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().lock_timeout(Duration::from_secs(2));
+    /// # drop(layer);
+    /// ```
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.config.lock_timeout = timeout;
         self
     }
 
-    /// How long a forwarded write may take before its client gets `504 Gateway Timeout`.
-    /// Default 30 s. The write keeps running until then even if its client leaves.
+    /// How long a forwarded write (and, before it, an existence probe) may take before its
+    /// client gets `504 Gateway Timeout`. Default 30 s. The write keeps running until then even
+    /// if its client leaves. A store's lock lease is sized from it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().write_timeout(Duration::from_secs(5));
+    /// # drop(layer);
+    /// ```
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.config.write_timeout = timeout;
         self
@@ -121,6 +161,14 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
 
     /// How long a resource stays locked after a write timed out (here, or upstream with a
     /// `504`), in case the backend applies it late. Default 5 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().timeout_grace(Duration::from_secs(1));
+    /// # drop(layer);
+    /// ```
     pub fn timeout_grace(mut self, grace: Duration) -> Self {
         self.config.timeout_grace = grace;
         self
@@ -162,6 +210,6 @@ impl<K: ExtractKey, St> fmt::Debug for ConditionalLayer<K, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionalLayer")
             .field("config", &self.config)
-            .finish()
+            .finish_non_exhaustive()
     }
 }

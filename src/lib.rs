@@ -89,9 +89,10 @@
 //! so that a client leaving never abandons one. Every response the layer answers or stamps carries a `Date` from its
 //! clock, never earlier than its `Last-Modified`. The README has the full table.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 #![deny(unreachable_pub)]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod answer;
 mod body;
@@ -102,6 +103,7 @@ mod future;
 pub mod key;
 mod layer;
 mod precondition;
+mod read;
 mod request_body;
 mod service;
 pub mod store;

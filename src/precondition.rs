@@ -23,7 +23,14 @@ pub(crate) enum Decision {
     /// `428 Precondition Required` (RFC 6585 §3), when the layer requires preconditions.
     PreconditionRequired,
     /// `400 Bad Request`: a malformed condition on a write, which must not be ignored.
-    BadRequest(&'static str),
+    BadRequest(Malformed),
+}
+
+/// A tag condition that cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Malformed {
+    IfMatch,
+    IfNoneMatch,
 }
 
 /// The decision, or the two decisions that depend on whether the resource exists.
@@ -121,7 +128,7 @@ impl Conditions {
         // Step 1: If-Match, strong comparison; `*` means the resource exists (§13.1.1).
         // Step 2: else If-Unmodified-Since (§13.1.4), exact match against an unshared date.
         match self.if_match {
-            TagCondition::Malformed if write => return BadRequest(MALFORMED_IF_MATCH),
+            TagCondition::Malformed if write => return BadRequest(Malformed::IfMatch),
             TagCondition::Any if !exists => return PreconditionFailed,
             TagCondition::List { strong_match, .. } if !(strong_match && exists) => {
                 return PreconditionFailed;
@@ -139,7 +146,7 @@ impl Conditions {
         // Step 3: If-None-Match, weak comparison; a match is 304 for GET/HEAD, 412 otherwise.
         // Step 4: else If-Modified-Since, for GET/HEAD only.
         let none_match_fails = match self.if_none_match {
-            TagCondition::Malformed if write => return BadRequest(MALFORMED_IF_NONE_MATCH),
+            TagCondition::Malformed if write => return BadRequest(Malformed::IfNoneMatch),
             TagCondition::Any => exists,
             TagCondition::List { weak_match, .. } => weak_match && exists,
             TagCondition::Absent | TagCondition::Malformed => {
@@ -169,13 +176,6 @@ impl Conditions {
             || !matches!(self.if_none_match, TagCondition::Absent)
     }
 }
-
-const MALFORMED_IF_MATCH: &str =
-    "400 Bad Request: If-Match must be * or a comma-separated list of \
-entity-tags such as \"abc.1\" (quotes included).\n";
-const MALFORMED_IF_NONE_MATCH: &str =
-    "400 Bad Request: If-None-Match must be * or a comma-separated \
-list of entity-tags such as \"abc.1\" (quotes included).\n";
 
 const CONDITIONAL: [HeaderName; 5] = [
     IF_MATCH,

@@ -11,8 +11,9 @@ use tower_service::Service;
 
 use crate::{
     body::ResponseBody,
-    future::{self, ReadInFlight, ReadStep, ResponseFuture},
+    future::ResponseFuture,
     key::{ExtractKey, PathKey},
+    read::{self, Begun},
     request_body::FromBytes,
     store::{MemoryStore, VersionStore},
     write::{self, Config},
@@ -115,34 +116,15 @@ where
         };
         if let Access::Write = access {
             let (inner, store) = (self.take_ready(), self.store.clone());
-            return ResponseFuture::preparing(Box::pin(write::prepare(
-                inner,
-                request,
-                key,
-                store,
-                self.config,
-            )));
+            let prepare = write::prepare(inner, request, key, store.clone(), self.config);
+            return ResponseFuture::write(Box::pin(prepare), store);
         }
-        // The version is taken before forwarding: a write that lands meanwhile makes the stamp
-        // older than the data, never newer.
-        let now = self.store.now();
-        let Some(snapshot) = self.store.current_now(&key, now) else {
-            let (inner, store) = (self.take_ready(), self.store.clone());
-            return ResponseFuture::preparing(Box::pin(future::read_later(
-                inner, request, key, store,
-            )));
-        };
-        // Only a forwarded read keeps the store (a 304 or 412 shares no counter across threads).
-        match future::decide_read(&mut request, &snapshot, now) {
-            ReadStep::Answer(answer) => ResponseFuture::answered(answer),
-            ReadStep::Forward { if_exists } => {
-                let read = ReadInFlight {
-                    store: self.store.clone(),
-                    key,
-                    snapshot,
-                    if_exists,
-                };
-                ResponseFuture::read(self.inner.call(request), read)
+        match read::begin(&self.store, key, &mut request) {
+            Begun::Answered(answer) => ResponseFuture::answered(answer),
+            Begun::Forward(read) => ResponseFuture::read(self.inner.call(request), read),
+            Begun::Later(key) => {
+                let (inner, store) = (self.take_ready(), self.store.clone());
+                ResponseFuture::read_later(Box::pin(read::later(inner, request, key, store)))
             }
         }
     }

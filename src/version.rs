@@ -84,6 +84,18 @@ impl Version {
     }
 }
 
+/// What a response to a read (or a probe) says about whether the resource exists: a 2xx that
+/// it does, a `404` or `410` that it does not, anything else nothing.
+pub(crate) fn existence_of(status: http::StatusCode) -> Existence {
+    if status.is_success() {
+        Existence::Exists
+    } else if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
+        Existence::Absent
+    } else {
+        Existence::Unknown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,18 @@
 //!    the lock. Otherwise the next writer could be forwarded while the backend still applies an
 //!    abandoned write, and one of the two would be lost.
 
-use std::{future::poll_fn, future::Future, sync::Arc, time::Duration};
+use std::{
+    future::{poll_fn, Future},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{
     header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RANGE, TRANSFER_ENCODING},
+    request::Parts,
     HeaderMap, Method, Request, Response, StatusCode,
 };
 use http_body::Body;
@@ -29,6 +36,7 @@ use crate::{
     precondition::{self, Conditions, Decision, Verdict},
     request_body::FromBytes,
     store::{Existence, StoreError, VersionStore},
+    version::existence_of,
 };
 
 /// The limits a layer puts on writes.
@@ -57,35 +65,41 @@ impl Default for Config {
     }
 }
 
-/// What became of a request once it was prepared.
+impl Config {
+    /// The longest a write holds its resource's lock: the existence probe and the write, each
+    /// bounded by the write timeout, the grace period after a timeout, and a second for the
+    /// store's own calls. A store whose locks expire (leases) keeps them at least this long.
+    pub(crate) fn lock_hold(&self) -> Duration {
+        self.write_timeout
+            .saturating_mul(2)
+            .saturating_add(self.timeout_grace)
+            .saturating_add(Duration::from_secs(1))
+    }
+}
+
+/// What became of a write once it was prepared.
 pub(crate) enum Prepared<R, E> {
     /// The layer answers.
     Answer(Answer),
-    /// The inner service answered (a read), already stamped.
-    Responded(R),
-    /// A write runs in its own task, which reports here.
+    /// The write runs in its own task, which reports here.
     Forwarded(oneshot::Receiver<Outcome<R, E>>),
 }
 
 /// What the task running a forwarded write reports.
 pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
-    TimedOut { now: u64 },
+    TimedOut {
+        now: u64,
+    },
+    /// The inner service's future panicked.
+    Panicked {
+        now: u64,
+    },
 }
-
-const BODY_TOO_LARGE: &str = "413 Content Too Large: write bodies are read in full before the \
-resource is locked, and this one is over the limit.\n";
-const BODY_UNREADABLE: &str = "400 Bad Request: the request body could not be read.\n";
-const LOCK_BUSY: &str = "503 Service Unavailable: another write to this resource is taking too \
-long. Retry shortly.\n";
-const STORE_UNAVAILABLE: &str = "503 Service Unavailable: the version store cannot be reached, \
-so no write can be checked. Retry shortly.\n";
-const PROBE_INCONCLUSIVE: &str = "503 Service Unavailable: the precondition depends on whether \
-the resource exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n";
 
 /// Steps 1 to 4 for one write; `inner` has been readied for it.
 pub(crate) async fn prepare<S, ReqBody, ResBody, Key, St>(
-    mut inner: S,
+    inner: S,
     request: Request<ReqBody>,
     key: Key,
     store: Arc<St>,
@@ -100,75 +114,115 @@ where
     Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
-    let store = &store;
-    let prepared = async {
-        let (parts, body) = request.into_parts();
-        let body = match read_body(body, config.max_body).await {
-            Ok(body) => body,
-            Err(body) => {
-                let refused = Answer::plain(body.0, body.1, store.now());
-                return Ok(Prepared::Answer(refused));
-            }
-        };
-        let mut request = Request::from_parts(parts, ReqBody::from_bytes(body));
-
-        let Some(lock) = store.lock(&key, config.lock_timeout).await? else {
-            let busy = Answer::service_unavailable(LOCK_BUSY, store.now());
-            return Ok(Prepared::Answer(busy));
-        };
-
-        let mut probed = false;
-        loop {
-            match evaluate(
-                request.headers(),
-                &key,
-                &**store,
-                config.require_precondition,
-            )
-            .await?
-            {
-                Step::Answer(answer) => return Ok(Prepared::Answer(answer)),
-                Step::Forward => break,
-                Step::Probe if probed => {
-                    let unsure = Answer::service_unavailable(PROBE_INCONCLUSIVE, store.now());
-                    return Ok(Prepared::Answer(unsure));
-                }
-                Step::Probe => {
-                    // Under the lock no write can change the answer between the probe and the decision.
-                    let head = probe_request(Method::HEAD, &request);
-                    let get = probe_request(Method::GET, &request);
-                    let exists = probe(&mut inner, head, get).await.map_err(Refused::Inner)?;
-                    store.learn_existence(&key, exists).await?;
-                    probed = true;
-                    poll_fn(|cx| inner.poll_ready(cx))
-                        .await
-                        .map_err(Refused::Inner)?;
-                }
-            }
-        }
-
-        precondition::remove_conditions(request.headers_mut());
-        let on_success = match *request.method() {
-            Method::DELETE => Existence::Absent,
-            _ => Existence::Exists,
-        };
-        let in_flight = WriteInFlight {
-            store: store.clone(),
-            key,
-            on_success,
-            lock: Some(lock),
-        };
-        let (report, outcome) = oneshot::channel();
-        tokio::spawn(run(inner.call(request), in_flight, config, report));
-        Ok(Prepared::Forwarded(outcome))
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, config.max_body).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(Prepared::Answer(refused.answer(store.now()))),
     };
-    match prepared.await {
+    let request = Request::from_parts(parts, ReqBody::from_bytes(body));
+    match forward_locked(inner, request, key, &store, config).await {
         Ok(prepared) => Ok(prepared),
         Err(Refused::Inner(err)) => Err(err),
         Err(Refused::Store(err)) => {
             tracing::warn!(error = %err, "write refused");
-            let unavailable = Answer::service_unavailable(STORE_UNAVAILABLE, store.now());
-            Ok(Prepared::Answer(unavailable))
+            Ok(Prepared::Answer(Answer::store_unavailable(store.now())))
+        }
+    }
+}
+
+/// Steps 2 to 4: takes the lock, decides, and forwards the write in a task that keeps the lock
+/// until its outcome is recorded.
+async fn forward_locked<S, ReqBody, ResBody, Key, St>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    key: Key,
+    store: &Arc<St>,
+    config: Config,
+) -> Result<Prepared<S::Response, S::Error>, Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: FromBytes,
+    Key: Clone + Send + Sync + 'static,
+    St: VersionStore<Key>,
+{
+    let Some(lock) = store
+        .lock(&key, config.lock_timeout, config.lock_hold())
+        .await?
+    else {
+        return Ok(Prepared::Answer(Answer::lock_busy(store.now())));
+    };
+    // The body stays out of the awaits below: it need not be `Sync`.
+    let (mut parts, body) = request.into_parts();
+    if let Some(answer) = decide_locked(&mut inner, &parts, &key, &**store, &lock, config).await? {
+        return Ok(Prepared::Answer(answer));
+    }
+
+    precondition::remove_conditions(&mut parts.headers);
+    let request = Request::from_parts(parts, body);
+    let on_success = match *request.method() {
+        Method::DELETE => Existence::Absent,
+        _ => Existence::Exists,
+    };
+    let in_flight = WriteInFlight {
+        store: store.clone(),
+        key,
+        on_success,
+        lock: Some(lock),
+    };
+    let (report, outcome) = oneshot::channel();
+    tokio::spawn(run(inner.call(request), in_flight, config, report));
+    Ok(Prepared::Forwarded(outcome))
+}
+
+/// Step 3, under the lock: the layer's answer, or `None` to forward. When a `*` depends on
+/// whether the resource exists, asks the inner service once (no write can change the answer
+/// between the probe and the decision), then decides again; `inner` is ready again after.
+async fn decide_locked<S, ReqBody, ResBody, Key, St>(
+    inner: &mut S,
+    request: &Parts,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    config: Config,
+) -> Result<Option<Answer>, Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    St: VersionStore<Key>,
+{
+    let mut probed = false;
+    loop {
+        match evaluate(
+            &request.headers,
+            key,
+            store,
+            lock,
+            config.require_precondition,
+        )
+        .await?
+        {
+            Step::Answer(answer) => return Ok(Some(answer)),
+            Step::Forward => return Ok(None),
+            Step::Probe if probed => return Ok(Some(Answer::probe_inconclusive(store.now()))),
+            Step::Probe => {
+                let (head, get) = (
+                    probe_request(Method::HEAD, request),
+                    probe_request(Method::GET, request),
+                );
+                let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
+                let exists = match probe.await {
+                    Ok(exists) => exists.map_err(Refused::Inner)?,
+                    Err(_elapsed) => Existence::Unknown,
+                };
+                store.learn_existence(key, lock, exists).await?;
+                probed = true;
+                poll_fn(|cx| inner.poll_ready(cx))
+                    .await
+                    .map_err(Refused::Inner)?;
+            }
         }
     }
 }
@@ -185,18 +239,32 @@ impl<E> From<StoreError> for Refused<E> {
     }
 }
 
-/// Reads a write's body in full, or says why not (status and body of the answer).
-async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, (StatusCode, &'static str)> {
-    let too_large = (StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
+/// Why a write's body was not read.
+enum BodyRefused {
+    TooLarge,
+    Unreadable,
+}
+
+impl BodyRefused {
+    fn answer(self, now: u64) -> Answer {
+        match self {
+            BodyRefused::TooLarge => Answer::body_too_large(now),
+            BodyRefused::Unreadable => Answer::body_unreadable(now),
+        }
+    }
+}
+
+/// Reads a write's body in full, or says why not.
+async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
     if body.size_hint().lower() > limit as u64 {
-        return Err(too_large);
+        return Err(BodyRefused::TooLarge);
     }
     // Why the body failed does not matter here, only whether it was too large.
     let body = body.map_err(|_| std::io::Error::other("unreadable request body"));
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Err(_) => Err((StatusCode::BAD_REQUEST, BODY_UNREADABLE)),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
+        Err(_) => Err(BodyRefused::Unreadable),
     }
 }
 
@@ -211,17 +279,23 @@ async fn run<F, ResBody, E, Key, St>(
     Key: Clone,
     St: VersionStore<Key>,
 {
-    let outcome = match tokio::time::timeout(config.write_timeout, call).await {
-        Ok(Ok(res)) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
+    let outcome = match tokio::time::timeout(config.write_timeout, catch_unwind(call)).await {
+        Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
             // The backend may still be applying it: keep others out for the grace period.
             let _ = report.send(Outcome::Response(Ok(res)));
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
         }
-        Ok(Ok(res)) => Outcome::Response(Ok(in_flight.settle(res).await)),
-        Ok(Err(err)) => {
+        Ok(Ok(Ok(res))) => Outcome::Response(Ok(in_flight.settle(res).await)),
+        Ok(Ok(Err(err))) => {
             drop(in_flight); // unsettled: bumps
             Outcome::Response(Err(err))
+        }
+        Ok(Err(_panic)) => {
+            let now = in_flight.store.now();
+            drop(in_flight); // unsettled: bumps
+            tracing::error!("the inner service panicked while handling a write");
+            Outcome::Panicked { now }
         }
         Err(_elapsed) => {
             let _ = report.send(Outcome::TimedOut {
@@ -234,6 +308,20 @@ async fn run<F, ResBody, E, Key, St>(
     };
     // Sent only once the version is bumped, so the client's next write sees it.
     let _ = report.send(outcome);
+}
+
+/// Runs `future`, turning a panic in it into an `Err`: the write's client is told, instead of
+/// losing its answer with the task.
+async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
+    let mut future = std::pin::pin!(future);
+    poll_fn(
+        |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        },
+    )
+    .await
 }
 
 /// The next step for a write whose lock is held.
@@ -250,9 +338,10 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     headers: &HeaderMap,
     key: &Key,
     store: &St,
+    lock: &St::Lock,
     require_precondition: bool,
 ) -> Result<Step, StoreError> {
-    let version = store.peek(key).await?;
+    let version = store.peek(key, lock).await?;
     let conditions = Conditions::parse(headers, version);
     let decision = match conditions.verdict(true, version, require_precondition) {
         Verdict::Decided(decision) => decision,
@@ -266,7 +355,7 @@ async fn evaluate<Key, St: VersionStore<Key>>(
             Answer::precondition_failed(current, now)
         }
         Decision::PreconditionRequired => Answer::precondition_required(now),
-        Decision::BadRequest(body) => Answer::plain(StatusCode::BAD_REQUEST, body, now),
+        Decision::BadRequest(field) => Answer::malformed(field, now),
     }))
 }
 
@@ -285,27 +374,18 @@ where
         poll_fn(|cx| inner.poll_ready(cx)).await?;
         status = inner.call(get).await?.status();
     }
-    Ok(if status.is_success() {
-        Existence::Exists
-    } else if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-        Existence::Absent
-    } else {
-        Existence::Unknown
-    })
+    Ok(existence_of(status))
 }
 
-/// A bodiless, unconditional copy of `original` with `method`.
-fn probe_request<ReqBody: FromBytes>(
-    method: Method,
-    original: &Request<ReqBody>,
-) -> Request<ReqBody> {
+/// A bodiless, unconditional copy of the request `original` with `method`.
+fn probe_request<ReqBody: FromBytes>(method: Method, original: &Parts) -> Request<ReqBody> {
     let mut probe = Request::new(ReqBody::from_bytes(Bytes::new()));
     *probe.method_mut() = method;
-    *probe.uri_mut() = original.uri().clone();
-    *probe.version_mut() = original.version();
-    *probe.extensions_mut() = original.extensions().clone();
+    *probe.uri_mut() = original.uri.clone();
+    *probe.version_mut() = original.version;
+    *probe.extensions_mut() = original.extensions.clone();
     let headers = probe.headers_mut();
-    *headers = original.headers().clone();
+    *headers = original.headers.clone();
     precondition::remove_conditions(headers);
     for name in [
         RANGE,

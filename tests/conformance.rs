@@ -11,6 +11,7 @@ mod support;
 use http::{header, Method, StatusCode};
 use support::{call, date_at, request, Backend, Reply, SAW_RANGE, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 const DOC: &str = "/doc";
@@ -180,7 +181,7 @@ async fn setup(
     let clock = support::manual_clock();
     let backend = Backend::default();
     let layer = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .require_precondition(require_precondition);
     let mut service = layer.layer(backend.service());
     let mut seed = backend.service();

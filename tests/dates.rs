@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{header, Method, StatusCode};
 use support::{call, date_at, request, Backend, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 const DOC: &str = "/doc";
@@ -93,7 +94,7 @@ async fn two_writes_in_one_second_share_a_date_that_validates_nothing() {
 async fn a_412_re_dates_an_ambiguous_version_once_the_second_has_passed() {
     let clock = support::manual_clock();
     let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .layer(Backend::default().service());
     clock.advance(SECOND);
     call(&mut service, request(Method::PUT, DOC, &[], "1")).await;
@@ -161,7 +162,7 @@ async fn an_unseen_resource_is_dated_at_the_ambiguous_start_second() {
 async fn a_restarted_layer_refuses_versions_issued_before_the_restart() {
     let clock = support::manual_clock();
     let backend = Backend::default();
-    let before = ConditionalLayer::new().clock(clock.clone());
+    let before = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
     let mut service = before.layer(backend.service());
     clock.advance(SECOND);
     let saved = call(&mut service, request(Method::PUT, DOC, &[], "mine")).await;
@@ -171,7 +172,7 @@ async fn a_restarted_layer_refuses_versions_issued_before_the_restart() {
     for advance in [Duration::ZERO, SECOND] {
         clock.advance(advance);
         let mut restarted = ConditionalLayer::new()
-            .clock(clock.clone())
+            .store(MemoryStore::new().clock(clock.clone()))
             .layer(backend.service());
         let read = call(
             &mut restarted,
@@ -193,7 +194,7 @@ async fn a_restarted_layer_refuses_versions_issued_before_the_restart() {
 async fn last_modified_never_goes_backward_nor_past_the_date_it_travels_with() {
     let clock = support::manual_clock();
     let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .layer(Backend::default().service());
     clock.advance(Duration::from_secs(5));
     let saved = call(&mut service, request(Method::PUT, DOC, &[], "1")).await;

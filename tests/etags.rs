@@ -9,6 +9,7 @@ use http::{header, Method, StatusCode};
 use support::{call, request, Backend, HttpClient, SECOND};
 use tokio::sync::Barrier;
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 const DOC: &str = "/doc";
@@ -17,7 +18,7 @@ const DOC: &str = "/doc";
 async fn every_write_gets_a_new_tag_and_re_dating_keeps_it() {
     let clock = support::manual_clock();
     let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .layer(Backend::default());
     clock.advance(SECOND);
     let first = call(&mut service, request(Method::PUT, DOC, &[], "1")).await;
@@ -82,14 +83,14 @@ async fn a_restarted_layer_never_accepts_an_earlier_instance_tag() {
     let clock = support::manual_clock();
     let backend = Backend::default();
     let mut before = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .layer(backend.service());
     clock.advance(SECOND);
     let saved = call(&mut before, request(Method::PUT, DOC, &[], "mine")).await;
     let held = saved.header(header::ETAG).unwrap().to_owned();
 
     let mut after = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .layer(backend.service());
     let read = call(
         &mut after,

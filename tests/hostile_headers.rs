@@ -9,6 +9,7 @@ use http_body_util::Full;
 use proptest::prelude::*;
 use support::{Backend, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 fn method() -> impl Strategy<Value = Method> {
@@ -71,7 +72,7 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let reply = runtime.block_on(async {
             let clock = support::manual_clock();
-            let mut service = ConditionalLayer::new().clock(clock.clone()).layer(Backend::default());
+            let mut service = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone())).layer(Backend::default());
             clock.advance(SECOND);
             support::call(&mut service, req).await
         });

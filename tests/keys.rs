@@ -5,6 +5,7 @@ mod support;
 use http::{header, request::Parts, Method, StatusCode};
 use support::{call, date_at, request, Backend, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 #[tokio::test]
@@ -63,7 +64,7 @@ async fn a_key_function_joins_endpoints_and_lets_others_pass() {
     let clock = support::manual_clock();
     let backend = Backend::default();
     let layer = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .key_fn(|parts: &Parts| {
             matches!(parts.uri.path(), "/api/storage/read" | "/api/storage/write")
                 .then_some("storage")

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{header, Method, StatusCode};
 use support::{call, date_at, poll_once, request, Backend, HOLD, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 const DOC: &str = "/doc";
@@ -71,7 +72,7 @@ async fn a_write_that_times_out_gets_504_and_keeps_the_resource_locked_for_the_g
     let clock = support::manual_clock();
     let backend = Backend::default();
     let mut service = ConditionalLayer::new()
-        .clock(clock.clone())
+        .store(MemoryStore::new().clock(clock.clone()))
         .write_timeout(Duration::from_secs(5))
         .timeout_grace(Duration::from_secs(60))
         .lock_timeout(Duration::from_secs(600))
@@ -121,9 +122,8 @@ async fn a_write_that_times_out_gets_504_and_keeps_the_resource_locked_for_the_g
 async fn a_bounded_table_forgets_resources_conservatively() {
     let clock = support::manual_clock();
     let backend = Backend::default();
-    let layer = ConditionalLayer::new()
-        .clock(clock.clone())
-        .max_resources(100);
+    let layer =
+        ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()).max_resources(100));
     let mut service = layer.layer(backend.service());
     let mut held = Vec::new();
     for i in 0..1000 {
@@ -180,9 +180,8 @@ async fn a_bounded_table_forgets_resources_conservatively() {
 async fn a_forgotten_resource_never_reissues_an_old_tag_or_date() {
     let clock = support::manual_clock();
     let backend = Backend::default();
-    let layer = ConditionalLayer::new()
-        .clock(clock.clone())
-        .max_resources(10);
+    let layer =
+        ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()).max_resources(10));
     let mut service = layer.layer(backend.service());
     clock.advance(SECOND);
     let first = call(&mut service, request(Method::PUT, DOC, &[], "v1")).await;

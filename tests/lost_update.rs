@@ -14,6 +14,7 @@ use std::{
 use http::{Method, StatusCode};
 use support::{Backend, HttpClient, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::{clock::ManualClock, ConditionalLayer};
 
 const CLIENTS: usize = 32;
@@ -147,7 +148,7 @@ async fn seeded_backend() -> Backend {
 async fn through_the_layer(validators: Validators) -> Outcome {
     let backend = seeded_backend().await;
     let clock = support::manual_clock();
-    let layer = ConditionalLayer::new().clock(clock.clone());
+    let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
     let addr = support::serve(layer.layer(backend.service())).await;
     let run = run(HttpClient::new(addr), Some(clock), validators);
     let outcome = tokio::time::timeout(Duration::from_secs(120), run)

@@ -39,7 +39,8 @@ fn tag(reply: &Reply) -> String {
     reply.header(header::ETAG).expect("an ETag").to_owned()
 }
 
-/// Sends until the answer is not a 503 (the store reconnecting), at most a few seconds.
+/// Sends until the answer is not a 503 (the store reconnecting, a lease expiring), at most 100
+/// times, 50 ms apart.
 async fn send_through_503s(
     client: &HttpClient,
     method: Method,
@@ -53,7 +54,7 @@ async fn send_through_503s(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("still 503 after 5 s");
+    panic!("still 503 after 100 tries");
 }
 
 async fn increments_lose_nothing(instances: usize) {
@@ -130,7 +131,9 @@ async fn a_killed_instance_holds_the_resource_only_until_its_lease_expires() {
     let redis = RedisServer::start().await;
     let backend = Backend::default();
     let upstream = support::serve(backend.service()).await;
-    let (mut a_process, a) = proxies(&redis, upstream, 1, &["--redis-lease", "2"])
+    // The lease is sized from the write timeout: 2 × (0.5 s + 1 s) + 0 s + 1 s = 4 s.
+    const SHORT_LEASE: [&str; 4] = ["--upstream-timeout", "0.5", "--timeout-grace", "0"];
+    let (mut a_process, a) = proxies(&redis, upstream, 1, &SHORT_LEASE)
         .await
         .pop()
         .unwrap();
@@ -139,7 +142,7 @@ async fn a_killed_instance_holds_the_resource_only_until_its_lease_expires() {
         &redis,
         upstream,
         1,
-        &["--redis-lease", "2", "--lock-timeout", "0.2"],
+        &[&SHORT_LEASE[..], &["--lock-timeout", "0.2"]].concat(),
     )
     .await
     .pop()

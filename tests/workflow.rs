@@ -5,12 +5,13 @@ mod support;
 use http::{header, Method, StatusCode};
 use support::{Backend, HttpClient, SECOND};
 use tower::Layer;
+use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
 
 #[tokio::test]
 async fn sync_resync_save_stale_save_resync_retry() {
     let clock = support::manual_clock();
-    let layer = ConditionalLayer::new().clock(clock.clone());
+    let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
     let backend = Backend::default();
     let addr = support::serve(layer.layer(backend.service())).await;
     let alice = HttpClient::new(addr);

@@ -14,7 +14,6 @@
 //! On SIGINT or SIGTERM the proxy stops accepting, lets in-flight requests finish (at most
 //! `--shutdown-timeout`), prints its counters and exits 0. Logs go through `tracing`, with the
 //! level from `RUST_LOG` (default `info`; `debug` logs one line per request).
-#![deny(warnings)]
 
 mod demo_backend;
 mod demo_page;
@@ -35,7 +34,10 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
-use tower_conditional::{store::VersionStore, ConditionalLayer, PathKey};
+use tower_conditional::{
+    store::{MemoryStore, VersionStore},
+    ConditionalLayer, PathKey,
+};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -97,10 +99,6 @@ struct Cli {
     #[cfg(feature = "redis")]
     #[arg(long)]
     redis: Option<String>,
-    /// Seconds a write lock is leased in Redis: longer than a whole write.
-    #[cfg(feature = "redis")]
-    #[arg(long, default_value = "60", value_parser = seconds)]
-    redis_lease: Duration,
 }
 
 fn seconds(arg: &str) -> Result<Duration, String> {
@@ -134,7 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stats = Arc::new(Stats::default());
     let layer = ConditionalLayer::new()
         .require_precondition(cli.require_precondition)
-        .max_resources(cli.max_resources)
+        .store(MemoryStore::new().max_resources(cli.max_resources))
         .max_body_size(cli.max_body)
         .lock_timeout(cli.lock_timeout)
         // A backstop: the upstream timeout answers 504 first, which also starts the grace period.
@@ -151,14 +149,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     )?;
     #[cfg(feature = "redis")]
     if let Some(url) = cli.redis.clone() {
-        if cli.redis_lease <= cli.upstream_timeout + cli.timeout_grace {
-            tracing::warn!(
-                lease = ?cli.redis_lease,
-                "the Redis lease is not longer than a whole write (--upstream-timeout plus \
-                 --timeout-grace): a slow write could be overtaken by the next one"
-            );
-        }
-        let store = tower_conditional::store::RedisStore::open(&url)?.lease(cli.redis_lease);
+        // The layer sizes each lock's lease from its write timeout and grace period.
+        let store = tower_conditional::store::RedisStore::open(&url)?;
         let layer = layer.store(store);
         return serve(
             &cli,

@@ -23,12 +23,17 @@ use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
 use http::HeaderMap;
 use tokio::sync::Mutex;
 
-use std::{future::ready, time::Duration};
+use std::{
+    fmt,
+    future::{ready, Future},
+    time::Duration,
+};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Snapshot, StoreError, VersionStore};
+use super::{Rekey, Snapshot, StoreError, VersionStore};
 use crate::{
+    answer,
     clock::{unix_secs, Clock, SystemClock},
     version::{Existence, Version},
 };
@@ -179,41 +184,31 @@ where
         &self,
         key: &K,
         now: u64,
-    ) -> impl std::future::Future<Output = Result<Snapshot, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
         ready(Ok(self.current_sync(key, now)))
     }
 
-    fn peek(
-        &self,
-        key: &K,
-    ) -> impl std::future::Future<Output = Result<Version, StoreError>> + Send {
-        ready(Ok(self.peek_sync(key)))
-    }
-
-    fn learn_from_read(
-        &self,
-        key: &K,
-        counter: u64,
-        exists: Existence,
-        cached: Option<Arc<HeaderMap>>,
-    ) {
-        self.learn_from_read_sync(key, counter, exists, cached);
-    }
-
-    fn learn_existence(
-        &self,
-        key: &K,
-        exists: Existence,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        self.learn_existence_sync(key, exists);
-        ready(Ok(()))
+    fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, headers: &HeaderMap) {
+        // Compared with the snapshot first: most reads teach nothing and take no map guard.
+        let cached = seen.cached.as_deref();
+        let learned = exists != Existence::Unknown
+            && (exists != seen.version.exists
+                || (exists == Existence::Exists && answer::cached_headers_differ(cached, headers)));
+        if learned {
+            let cached = match exists {
+                Existence::Exists => answer::cached_headers(headers),
+                _ => None,
+            };
+            self.learn_from_read_sync(key, seen.version.counter, exists, cached);
+        }
     }
 
     fn lock(
         &self,
         key: &K,
         wait: Duration,
-    ) -> impl std::future::Future<Output = Result<Option<Self::Lock>, StoreError>> + Send {
+        _hold: Duration, // held in the process: released when the guard drops, never earlier
+    ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send {
         let lock = self.write_lock(key);
         async move {
             match lock.clone().try_lock_owned() {
@@ -223,12 +218,30 @@ where
         }
     }
 
+    fn peek(
+        &self,
+        key: &K,
+        _lock: &Self::Lock,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        ready(Ok(self.peek_sync(key)))
+    }
+
+    fn learn_existence(
+        &self,
+        key: &K,
+        _lock: &Self::Lock,
+        exists: Existence,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.learn_existence_sync(key, exists);
+        ready(Ok(()))
+    }
+
     fn bump(
         &self,
         key: &K,
         lock: Self::Lock,
         exists: Existence,
-    ) -> impl std::future::Future<Output = Result<Version, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
         let version = self.bump_sync(key, self.now_secs(), exists);
         drop(lock); // released only after the bump
         ready(Ok(version))
@@ -240,6 +253,27 @@ where
     }
 }
 
+impl<K, K2> Rekey<K2> for MemoryStore<K>
+where
+    K2: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Rekeyed = MemoryStore<K2>;
+
+    fn rekey(&self) -> MemoryStore<K2> {
+        MemoryStore::with(self.clock.clone(), self.max_entries)
+    }
+}
+
+impl<K> fmt::Debug for MemoryStore<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("tracked", &self.len.load(Ordering::Relaxed))
+            .field("max_resources", &self.max_entries)
+            .field("now", &unix_secs(self.clock.now()))
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: Hash + Eq + Clone> Default for MemoryStore<K> {
     fn default() -> Self {
         Self::new()
@@ -248,12 +282,23 @@ impl<K: Hash + Eq + Clone> Default for MemoryStore<K> {
 
 impl<K: Hash + Eq + Clone> MemoryStore<K> {
     /// An unbounded store on the system clock.
+    #[must_use]
     pub fn new() -> Self {
         Self::with(Arc::new(SystemClock), usize::MAX)
     }
 
-    /// The same store on `clock` (tests use a [`ManualClock`](crate::clock::ManualClock)).
-    /// Starts empty.
+    /// The same store on `clock`, which dates every version (tests use a
+    /// [`ManualClock`](crate::clock::ManualClock)). Starts empty.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use tower_conditional::{clock::ManualClock, store::MemoryStore, ConditionalLayer};
+    ///
+    /// let clock = ManualClock::new(SystemTime::now());
+    /// let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
+    /// # drop(layer);
+    /// ```
+    #[must_use]
     pub fn clock(self, clock: impl Clock) -> Self {
         Self::with(Arc::new(clock), self.max_entries)
     }
@@ -263,18 +308,16 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
     /// unknown resource starts from to at least their versions: a forgotten resource returns
     /// with a version at least as new, so clients holding its old validators get `412`, never
     /// `200`. Unbounded by default. Starts empty.
+    ///
+    /// ```
+    /// use tower_conditional::{store::MemoryStore, ConditionalLayer};
+    ///
+    /// let layer = ConditionalLayer::new().store(MemoryStore::new().max_resources(100_000));
+    /// # drop(layer);
+    /// ```
+    #[must_use]
     pub fn max_resources(self, n: usize) -> Self {
         Self::with(self.clock, n.max(1))
-    }
-
-    /// Its clock and bound, to make another empty store like it.
-    pub(crate) fn config(&self) -> (Arc<dyn Clock>, usize) {
-        (self.clock.clone(), self.max_entries)
-    }
-
-    /// An empty store with the same clock and bound, for another key type.
-    pub(crate) fn rekeyed<K2: Hash + Eq + Clone>(&self) -> MemoryStore<K2> {
-        MemoryStore::with(self.clock.clone(), self.max_entries)
     }
 
     /// A table holding at most `max_entries` resources (`usize::MAX`: unbounded).

@@ -33,11 +33,27 @@ pub use crate::version::{Existence, Version};
 
 /// A resource's current version, with the headers a `304` for it repeats.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The current version.
     pub version: Version,
     /// The `Cache-Control`, `Content-Location`, `Expires` and `Vary` of the last 2xx read.
     pub cached: Option<Arc<HeaderMap>>,
+}
+
+impl Snapshot {
+    /// A snapshot of `version` with no headers for a `304` to repeat.
+    pub fn new(version: Version) -> Self {
+        Self {
+            version,
+            cached: None,
+        }
+    }
+
+    /// The same snapshot with the headers a `304` repeats.
+    pub fn with_cached(self, cached: Option<Arc<HeaderMap>>) -> Self {
+        Self { cached, ..self }
+    }
 }
 
 /// A store could not answer (for a shared store: it is unreachable).
@@ -65,65 +81,189 @@ impl std::error::Error for StoreError {
 
 /// Keeps the versions and write locks of resources keyed by `K`.
 ///
-/// Reads ask [`current_now`](VersionStore::current_now) first: a store that can answer without
-/// waiting (the in-memory one) keeps reads free of any boxing or await; others answer through
-/// [`current`](VersionStore::current). Writes always go through the async methods.
+/// The layer calls three groups of methods: [`now`](VersionStore::now) and
+/// [`tracked_resources`](VersionStore::tracked_resources) for dates and figures; the read
+/// methods, which never wait for a lock; and the write methods, between
+/// [`lock`](VersionStore::lock) and [`bump`](VersionStore::bump) (or
+/// [`bump_unsettled`](VersionStore::bump_unsettled)), whose lock is proof of being under it.
+///
+/// # Contract
+///
+/// Every guarantee of the layer rests on these; a store that breaks one loses updates.
+///
+/// 1. **One writer per resource.** While a [`Lock`](VersionStore::Lock) for a key exists, no
+///    other `lock` of that key succeeds. A store whose locks expire by themselves (leases)
+///    keeps each for at least the `hold` it was asked for.
+/// 2. **Versions only grow, and tags never repeat.** Each `bump` returns a version with a
+///    counter above every counter the key had, under the same `instance`; its `modified` is
+///    `max(now, previous)` and is `ambiguous` when it equals the previous date. A version whose
+///    date is ambiguous is re-dated (same counter) by `current` once `now` is a later second,
+///    and every later reader sees that same date.
+/// 3. **Unknown means newest.** A key the store does not know (never seen, forgotten, or lost
+///    in a restart) has a version at least as new as any it had: a counter past every one it
+///    issued (or another `instance`) and a `modified` no earlier than any it issued, ambiguous.
+/// 4. **Learning never overrides a write.** `learn_from_read` records nothing if the key has
+///    been bumped since the snapshot the read saw.
+/// 5. **An unknown outcome bumps.** `bump_unsettled` records a new version (existence unknown)
+///    even though no one waits for it.
+///
+/// # Example
+///
+/// A minimal store: one mutex around a map, the lock a permit of a per-resource semaphore.
+/// (Use [`MemoryStore`]: it is the same without the global mutex, and bounded.)
+///
+/// ```
+/// use std::{collections::HashMap, future::{ready, Future}, sync::{Arc, Mutex}, time::Duration};
+/// use http::HeaderMap;
+/// use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+/// use tower_conditional::{
+///     clock::{unix_secs, Clock, SystemClock},
+///     store::{Existence, Snapshot, StoreError, Version, VersionStore},
+///     ConditionalLayer,
+/// };
+///
+/// struct Resource { version: Version, lock: Arc<Semaphore> }
+///
+/// struct TinyStore { start: u64, resources: Mutex<HashMap<String, Resource>> }
+///
+/// impl TinyStore {
+///     fn new() -> Self {
+///         let start = unix_secs(SystemClock.now());
+///         Self { start, resources: Mutex::default() }
+///     }
+///
+///     /// Applies `change` to the resource of `key`, made at the floor if unknown (rule 3:
+///     /// nothing is ever forgotten here, and the floor is the start second, ambiguous).
+///     fn with<R>(&self, key: &str, change: impl FnOnce(&mut Resource) -> R) -> R {
+///         let mut resources = self.resources.lock().unwrap();
+///         let resource = resources.entry(key.to_owned()).or_insert_with(|| Resource {
+///             version: Version::unknown(7, self.start, 0),
+///             lock: Arc::new(Semaphore::new(1)),
+///         });
+///         change(resource)
+///     }
+/// }
+///
+/// impl<K: AsRef<str> + Send + Sync + 'static> VersionStore<K> for TinyStore {
+///     type Lock = OwnedSemaphorePermit;
+///
+///     fn now(&self) -> u64 { unix_secs(SystemClock.now()) }
+///
+///     fn tracked_resources(&self) -> usize { self.resources.lock().unwrap().len() }
+///
+///     fn current(&self, key: &K, now: u64) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+///         let version = self.with(key.as_ref(), |r| {
+///             if let Some(redated) = r.version.redated(now) { r.version = redated }
+///             r.version
+///         });
+///         ready(Ok(Snapshot::new(version)))
+///     }
+///
+///     fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, _: &HeaderMap) {
+///         self.with(key.as_ref(), |r| {
+///             if r.version.counter == seen.version.counter && exists != Existence::Unknown {
+///                 r.version.exists = exists;
+///             }
+///         })
+///     }
+///
+///     fn lock(&self, key: &K, wait: Duration, _hold: Duration)
+///         -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send {
+///         let lock = self.with(key.as_ref(), |r| r.lock.clone());
+///         async move { Ok(tokio::time::timeout(wait, lock.acquire_owned()).await.ok().and_then(Result::ok)) }
+///     }
+///
+///     fn peek(&self, key: &K, _: &Self::Lock) -> impl Future<Output = Result<Version, StoreError>> + Send {
+///         ready(Ok(self.with(key.as_ref(), |r| r.version)))
+///     }
+///
+///     fn learn_existence(&self, key: &K, _: &Self::Lock, exists: Existence)
+///         -> impl Future<Output = Result<(), StoreError>> + Send {
+///         ready(Ok(self.with(key.as_ref(), |r| r.version.exists = exists)))
+///     }
+///
+///     fn bump(&self, key: &K, lock: Self::Lock, exists: Existence)
+///         -> impl Future<Output = Result<Version, StoreError>> + Send {
+///         let now = VersionStore::<K>::now(self);
+///         let version = self.with(key.as_ref(), |r| { r.version = r.version.next(now, exists); r.version });
+///         drop(lock); // released only after the bump
+///         ready(Ok(version))
+///     }
+///
+///     fn bump_unsettled(&self, key: K, lock: Self::Lock) {
+///         let now = VersionStore::<K>::now(self);
+///         self.with(key.as_ref(), |r| r.version = r.version.next(now, Existence::Unknown));
+///         drop(lock);
+///     }
+/// }
+///
+/// let layer = ConditionalLayer::new().store(TinyStore::new());
+/// # drop(layer);
+/// ```
 pub trait VersionStore<K>: Send + Sync + 'static {
     /// Proof that a resource's write lock is held. Dropping it releases the lock without a
     /// bump (the write was not forwarded).
-    type Lock: Send + 'static;
+    type Lock: Send + Sync + 'static;
 
-    /// The current second of the layer's clock, for `Date` headers.
+    // ----- The clock, and what the store holds -----
+
+    /// The current second (since the Unix epoch) of the store's clock: the one clock every
+    /// date the layer issues comes from.
     fn now(&self) -> u64;
 
-    /// How many resources the store tracks here (for a shared store: in this process's cache,
-    /// if any).
+    /// How many resources the store tracks here (for a shared store: in this process, if any).
     fn tracked_resources(&self) -> usize;
 
-    /// The current snapshot of `key`, re-dated if its date is ambiguous and `now` is a later
-    /// second, if the store can tell without waiting.
-    fn current_now(&self, key: &K, now: u64) -> Option<Snapshot>;
+    // ----- Reads: never under a lock -----
 
-    /// The current snapshot of `key`, re-dated as [`current_now`](VersionStore::current_now)
-    /// does.
+    /// The current snapshot of `key`, if the store can tell without waiting; `None` (the
+    /// default) sends every read through [`current`](VersionStore::current). A store that
+    /// answers here spares reads any boxing or await.
+    fn current_now(&self, key: &K, now: u64) -> Option<Snapshot> {
+        let _ = (key, now);
+        None
+    }
+
+    /// The current snapshot of `key`, re-dated first if its date is ambiguous and `now` is a
+    /// later second (contract rule 2).
     fn current(
         &self,
         key: &K,
         now: u64,
     ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
-    /// The current version of `key`, as it is (never re-dated).
-    fn peek(&self, key: &K) -> impl Future<Output = Result<Version, StoreError>> + Send;
+    /// What a forwarded read of the snapshot `seen` showed: whether the resource exists, and
+    /// the response's headers (a store that keeps [`Snapshot::cached`] takes them from here).
+    /// Called for every forwarded read, so it should cost nothing when nothing changed; best
+    /// effort, and ignored if the key was bumped since `seen` (contract rule 4).
+    fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, headers: &HeaderMap);
 
-    /// Whether the store keeps the headers a `304` repeats (`learn_from_read`'s `cached`). A
-    /// store that does not is not told when only they change.
-    fn keeps_cached_headers(&self) -> bool {
-        true
-    }
+    // ----- Writes: between `lock` and `bump` -----
 
-    /// Records what a read of version `counter` showed, unless a write has bumped the version
-    /// since. Best effort: a store may drop it.
-    fn learn_from_read(
-        &self,
-        key: &K,
-        counter: u64,
-        exists: Existence,
-        cached: Option<Arc<HeaderMap>>,
-    );
-
-    /// Records whether `key` exists, as a probe made under its write lock found.
-    fn learn_existence(
-        &self,
-        key: &K,
-        exists: Existence,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Takes the write lock of `key`, waiting at most `wait`; `None` if it stayed taken.
+    /// Takes the write lock of `key`, waiting at most `wait`; `None` if it stayed taken. The
+    /// layer holds it at most `hold` (its write timeout and grace, with a margin): a lock that
+    /// expires by itself must live at least that long.
     fn lock(
         &self,
         key: &K,
         wait: Duration,
+        hold: Duration,
     ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send;
+
+    /// The current version of `key`, as it is (never re-dated), for a writer holding `lock`.
+    fn peek(
+        &self,
+        key: &K,
+        lock: &Self::Lock,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Records whether `key` exists, as a probe made under `lock` found.
+    fn learn_existence(
+        &self,
+        key: &K,
+        lock: &Self::Lock,
+        exists: Existence,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records a write to `key` that left it as `exists` says, then releases `lock`. Returns
     /// the new version.
@@ -137,4 +277,16 @@ pub trait VersionStore<K>: Send + Sync + 'static {
     /// Records a write of unknown outcome, then releases `lock`, without waiting: called when
     /// a forwarded write's task ends without an answer. A store that must wait spawns a task.
     fn bump_unsettled(&self, key: K, lock: Self::Lock);
+}
+
+/// The same store for another key type, so that
+/// [`ConditionalLayer::key_fn`](crate::ConditionalLayer::key_fn) and
+/// [`ConditionalLayer::store`](crate::ConditionalLayer::store) can come in either order.
+pub trait Rekey<K> {
+    /// The store for keys of type `K`.
+    type Rekeyed: VersionStore<K>;
+
+    /// A store with the same settings, for keys of type `K`. An in-memory store starts empty;
+    /// a shared one is the same store.
+    fn rekey(&self) -> Self::Rekeyed;
 }

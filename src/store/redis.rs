@@ -13,8 +13,12 @@
 //!   match, and old dates are at or before the floor, which is ambiguous, so stale clients get
 //!   `412` (invariant 5).
 //!
-//! Limits, stated plainly: a write that outlives its lease (the lease must be longer than the
-//! whole write, upstream timeout included) can be overtaken by the next writer; and Redis must
+//! A lease lasts as long as the layer may hold the lock: twice its write timeout (the existence
+//! probe, then the write), plus the grace period, plus a second for the store's own calls. The
+//! layer sizes it; nothing is left to configure by hand.
+//!
+//! Limits, stated plainly: a process that stalls longer than its lease (a paused VM) can be
+//! overtaken by the next writer; and Redis must
 //! not evict these keys (`maxmemory-policy noeviction`, or a `volatile-*` policy), since a
 //! version Redis forgets within one epoch would start again at counter 0 and could reissue a tag.
 
@@ -29,7 +33,7 @@ use std::{
 use http::HeaderMap;
 use redis::{aio::ConnectionManager, Script};
 
-use super::{Existence, Snapshot, StoreError, Version, VersionStore};
+use super::{Existence, Rekey, Snapshot, StoreError, Version, VersionStore};
 use crate::clock::unix_secs;
 
 /// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
@@ -49,7 +53,6 @@ use crate::clock::unix_secs;
 pub struct RedisStore {
     connection: ConnectionManager,
     prefix: Arc<str>,
-    lease: Duration,
     /// Proposed as the instance of a new epoch; Redis keeps the first proposal it sees.
     proposal: Arc<str>,
     scripts: Arc<Scripts>,
@@ -68,6 +71,20 @@ pub struct RedisLock {
     store: Option<RedisStore>,
     key: String,
     token: String,
+    /// When the lease expires at the latest (measured from before it was taken).
+    expires: Instant,
+}
+
+impl std::fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("key", &self.key)
+            .field(
+                "expires_in",
+                &self.expires.saturating_duration_since(Instant::now()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 // KEYS[1] = epoch. Defines `epoch()` -> instance, floor (creating the epoch if missing), `now`,
@@ -157,7 +174,6 @@ impl RedisStore {
         Ok(Self {
             connection,
             prefix: Arc::from("tc:"),
-            lease: Duration::from_secs(60),
             proposal: Arc::from(proposal.as_str()),
             scripts: Arc::new(Scripts {
                 current: script(CURRENT),
@@ -169,14 +185,8 @@ impl RedisStore {
         })
     }
 
-    /// How long a write lock is leased: longer than the proxy's whole write (upstream timeout
-    /// and grace period included). Default 60 s.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
     /// Prefixes every key (default `tc:`), e.g. to share one Redis between deployments.
+    #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
         self
@@ -205,11 +215,12 @@ impl RedisStore {
         &self,
         key: &str,
         token: &str,
+        expires: Instant,
         exists: Existence,
     ) -> Result<Version, StoreError> {
         // The write has happened (or may have): keep trying to record it while the lease keeps
         // other writers out.
-        let deadline = Instant::now() + self.lease;
+        let deadline = expires;
         loop {
             let attempt: Result<(String, u64, u64, u8, String, u8), _> = self
                 .scripts
@@ -305,14 +316,6 @@ where
         0 // nothing is kept in the process
     }
 
-    fn keeps_cached_headers(&self) -> bool {
-        false
-    }
-
-    fn current_now(&self, _key: &K, _now: u64) -> Option<Snapshot> {
-        None
-    }
-
     fn current(
         &self,
         key: &K,
@@ -321,25 +324,25 @@ where
         let key = key.as_ref().to_owned();
         async move {
             let version = self.row(&self.scripts.current, &key).await?;
-            Ok(Snapshot {
-                version,
-                cached: None,
-            })
+            Ok(Snapshot::new(version))
         }
     }
 
-    fn peek(&self, key: &K) -> impl Future<Output = Result<Version, StoreError>> + Send {
+    fn peek(
+        &self,
+        key: &K,
+        _lock: &RedisLock,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         async move { self.row(&self.scripts.peek, &key).await }
     }
 
-    fn learn_from_read(
-        &self,
-        key: &K,
-        counter: u64,
-        exists: Existence,
-        _cached: Option<Arc<HeaderMap>>,
-    ) {
+    /// Only existence is kept: `304`s from a Redis store repeat no cached headers.
+    fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, _headers: &HeaderMap) {
+        if exists == Existence::Unknown || exists == seen.version.exists {
+            return;
+        }
+        let counter = seen.version.counter;
         let (store, key) = (self.clone(), key.as_ref().to_owned());
         tokio::spawn(async move {
             let _ = store.learn(&key, Some(counter), exists).await;
@@ -349,6 +352,7 @@ where
     fn learn_existence(
         &self,
         key: &K,
+        _lock: &RedisLock,
         exists: Existence,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let key = key.as_ref().to_owned();
@@ -359,6 +363,7 @@ where
         &self,
         key: &K,
         wait: Duration,
+        hold: Duration,
     ) -> impl Future<Output = Result<Option<RedisLock>, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         async move {
@@ -367,12 +372,13 @@ where
             let deadline = Instant::now() + wait;
             let mut pause = Duration::from_millis(2);
             loop {
+                let expires = Instant::now() + hold;
                 let taken: Option<String> = redis::cmd("SET")
                     .arg(&lease)
                     .arg(&token)
                     .arg("NX")
                     .arg("PX")
-                    .arg(self.lease.as_millis() as u64)
+                    .arg(hold.as_millis().max(1) as u64)
                     .query_async(&mut self.connection.clone())
                     .await
                     .map_err(StoreError::new)?;
@@ -381,6 +387,7 @@ where
                         store: Some(self.clone()),
                         key,
                         token,
+                        expires,
                     }));
                 }
                 if Instant::now() >= deadline {
@@ -401,7 +408,10 @@ where
     ) -> impl Future<Output = Result<Version, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         lock.store = None; // the bump releases it
-        async move { self.bump_with_retries(&key, &lock.token, exists).await }
+        async move {
+            self.bump_with_retries(&key, &lock.token, lock.expires, exists)
+                .await
+        }
     }
 
     fn bump_unsettled(&self, key: K, mut lock: RedisLock) {
@@ -409,12 +419,23 @@ where
         let store = self.clone();
         tokio::spawn(async move {
             if let Err(err) = store
-                .bump_with_retries(key.as_ref(), &lock.token, Existence::Unknown)
+                .bump_with_retries(key.as_ref(), &lock.token, lock.expires, Existence::Unknown)
                 .await
             {
                 tracing::error!(error = %err, "a write of unknown outcome could not be recorded");
             }
         });
+    }
+}
+
+impl<K> Rekey<K> for RedisStore
+where
+    K: AsRef<str> + Send + Sync + 'static,
+{
+    type Rekeyed = RedisStore;
+
+    fn rekey(&self) -> RedisStore {
+        self.clone()
     }
 }
 
@@ -456,7 +477,6 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
-            .field("lease", &self.lease)
-            .finish()
+            .finish_non_exhaustive()
     }
 }

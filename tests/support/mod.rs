@@ -56,7 +56,8 @@ pub fn layered() -> (
 ) {
     let clock = manual_clock();
     let backend = Backend::default();
-    let layer = tower_conditional::ConditionalLayer::new().clock(clock.clone());
+    let layer = tower_conditional::ConditionalLayer::new()
+        .store(tower_conditional::store::MemoryStore::new().clock(clock.clone()));
     let service = tower::Layer::layer(&layer, backend.clone());
     (clock, backend, service)
 }
