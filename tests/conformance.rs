@@ -215,9 +215,9 @@ async fn setup(
             let read = call(&mut service, request(GET, DOC, &[], "")).await;
             let current = if state == Existing { &read } else { &second };
             Validators {
-                etag: current.header(header::ETAG).unwrap().to_owned(),
+                etag: current.tag(),
                 date: current.last_modified().unwrap().to_owned(),
-                old_etag: first.header(header::ETAG).unwrap().to_owned(),
+                old_etag: first.tag(),
                 old_date: first.last_modified().unwrap().to_owned(),
             }
         }
@@ -304,7 +304,7 @@ fn check(case: &Case, reply: &Reply, forwarded: bool, validators: &Validators) -
         reply.status,
         StatusCode::NOT_MODIFIED | StatusCode::PRECONDITION_FAILED
     ) {
-        if reply.header(header::ETAG).is_none() || reply.last_modified().is_none() {
+        if reply.etag().is_none() || reply.last_modified().is_none() {
             problems.push("a 304/412 without ETag and Last-Modified".into());
         }
         if reply.status == StatusCode::NOT_MODIFIED
@@ -315,11 +315,11 @@ fn check(case: &Case, reply: &Reply, forwarded: bool, validators: &Validators) -
     }
     if reply.status == StatusCode::NOT_MODIFIED
         && case.state == Existing
-        && reply.header(header::ETAG) != Some(&validators.etag)
+        && reply.etag() != Some(&validators.etag)
     {
         problems.push("a 304 with another ETag than the current one".into());
     }
-    if reply.status.is_success() && reply.header(header::ETAG) == Some("\"backend-tag\"") {
+    if reply.status.is_success() && reply.etag() == Some("\"backend-tag\"") {
         problems.push("the backend's ETag leaked through".into());
     }
     reply.assert_dates_truthful();

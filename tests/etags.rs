@@ -23,10 +23,7 @@ async fn every_write_gets_a_new_tag_and_re_dating_keeps_it() {
     clock.advance(SECOND);
     let first = call(&mut service, request(Method::PUT, DOC, &[], "1")).await;
     let second = call(&mut service, request(Method::PUT, DOC, &[], "2")).await;
-    let (first_tag, second_tag) = (
-        first.header(header::ETAG).unwrap(),
-        second.header(header::ETAG).unwrap(),
-    );
+    let (first_tag, second_tag) = (first.etag().unwrap(), second.etag().unwrap());
     assert_ne!(first_tag, second_tag);
     assert_eq!(
         first.last_modified(),
@@ -41,18 +38,14 @@ async fn every_write_gets_a_new_tag_and_re_dating_keeps_it() {
     clock.advance(SECOND);
     let read = call(&mut service, request(Method::GET, DOC, &[], "")).await;
     assert_ne!(read.last_modified(), second.last_modified(), "re-dated");
-    assert_eq!(
-        read.header(header::ETAG),
-        Some(second_tag),
-        "same version, same tag"
-    );
+    assert_eq!(read.etag(), Some(second_tag), "same version, same tag");
     let not_modified = call(
         &mut service,
         request(Method::GET, DOC, &[("if-none-match", second_tag)], ""),
     )
     .await;
     assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
-    assert_eq!(not_modified.header(header::ETAG), Some(second_tag));
+    assert_eq!(not_modified.etag(), Some(second_tag));
     assert_eq!(not_modified.last_modified(), read.last_modified());
 }
 
@@ -62,7 +55,7 @@ async fn etag_clients_write_a_hot_resource_without_waiting_for_the_clock() {
     clock.advance(SECOND);
     let mut tag = call(&mut service, request(Method::PUT, DOC, &[], "0"))
         .await
-        .header(header::ETAG)
+        .etag()
         .unwrap()
         .to_owned();
     // Twenty writes in one second: dates would be ambiguous after the first, tags never are.
@@ -73,7 +66,7 @@ async fn etag_clients_write_a_hot_resource_without_waiting_for_the_clock() {
         )
         .await;
         assert_eq!(save.status, StatusCode::OK, "write {i}");
-        tag = save.header(header::ETAG).unwrap().to_owned();
+        tag = save.tag();
     }
     assert_eq!(backend.doc(DOC).unwrap(), "20");
 }
@@ -87,7 +80,7 @@ async fn a_restarted_layer_never_accepts_an_earlier_instance_tag() {
         .layer(backend.service());
     clock.advance(SECOND);
     let saved = call(&mut before, request(Method::PUT, DOC, &[], "mine")).await;
-    let held = saved.header(header::ETAG).unwrap().to_owned();
+    let held = saved.tag();
 
     let mut after = ConditionalLayer::new()
         .store(MemoryStore::new().clock(clock.clone()))
@@ -98,7 +91,7 @@ async fn a_restarted_layer_never_accepts_an_earlier_instance_tag() {
     )
     .await;
     assert_eq!(read.status, StatusCode::OK);
-    assert_ne!(read.header(header::ETAG), Some(held.as_str()));
+    assert_ne!(read.etag(), Some(held.as_str()));
     let write = call(
         &mut after,
         request(Method::PUT, DOC, &[("if-match", &held)], "stale"),

@@ -16,15 +16,8 @@ use tokio::{
 
 /// The counter of one of the layer's tags, `"<instance>.<counter>"`.
 fn counter(reply: &Reply) -> u64 {
-    let tag = reply
-        .header(header::ETAG)
-        .expect("an ETag")
-        .trim_matches('"');
+    let tag = reply.etag().expect("an ETag").trim_matches('"');
     u64::from_str_radix(tag.rsplit('.').next().unwrap(), 16).unwrap()
-}
-
-fn tag(reply: &Reply) -> String {
-    reply.header(header::ETAG).expect("an ETag").to_owned()
 }
 
 async fn proxy_for(
@@ -49,7 +42,7 @@ async fn assert_recovered(client: &HttpClient, path: &str, stale: &str, at_least
         counter(&refused) >= at_least,
         "a version went backwards, or was not bumped"
     );
-    let current = tag(&refused);
+    let current = refused.tag();
     let next = client
         .send(Method::PUT, path, &[("if-match", &current)], "next")
         .await;
@@ -83,10 +76,10 @@ async fn an_upstream_that_refuses_connections_gives_502_until_it_is_back() {
         "the 502 write counted as a possible change"
     );
     let newer = client
-        .send(Method::PUT, "/doc", &[("if-match", &tag(&saved))], "v2")
+        .send(Method::PUT, "/doc", &[("if-match", &saved.tag())], "v2")
         .await;
     assert_eq!(newer.status, StatusCode::OK);
-    assert_recovered(&client, "/doc", &tag(&saved), counter(&newer)).await;
+    assert_recovered(&client, "/doc", &saved.tag(), counter(&newer)).await;
 }
 
 /// An upstream speaking raw HTTP/1.1: a write carrying `x-test-reset` gets half a response
@@ -146,12 +139,12 @@ async fn an_upstream_that_resets_mid_response_leaves_the_write_unknown_not_lost(
         .send(
             Method::PUT,
             "/doc",
-            &[("if-match", &tag(&read)), ("x-test-reset", "1")],
+            &[("if-match", &read.tag()), ("x-test-reset", "1")],
             "x",
         )
         .await;
     assert_eq!(reset.status, StatusCode::BAD_GATEWAY);
-    assert_recovered(&client, "/doc", &tag(&read), counter(&read) + 1).await;
+    assert_recovered(&client, "/doc", &read.tag(), counter(&read) + 1).await;
 }
 
 #[tokio::test]
@@ -164,12 +157,12 @@ async fn an_upstream_answering_500_to_a_write_bumps_the_version() {
         .send(
             Method::PUT,
             "/doc",
-            &[("if-match", &tag(&saved)), (STATUS, "500")],
+            &[("if-match", &saved.tag()), (STATUS, "500")],
             "x",
         )
         .await;
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_recovered(&client, "/doc", &tag(&saved), counter(&saved) + 1).await;
+    assert_recovered(&client, "/doc", &saved.tag(), counter(&saved) + 1).await;
     assert_eq!(backend.doc("/doc").unwrap(), "next");
 }
 
@@ -187,7 +180,7 @@ async fn an_upstream_answering_after_the_timeout_gets_504_and_a_grace_period() {
         .send(
             Method::PUT,
             "/doc",
-            &[("if-match", &tag(&saved)), (HOLD, "1")],
+            &[("if-match", &saved.tag()), (HOLD, "1")],
             "late",
         )
         .await;
@@ -198,7 +191,7 @@ async fn an_upstream_answering_after_the_timeout_gets_504_and_a_grace_period() {
         slow.text()
     );
     // The next write waits out the grace period, then finds the version bumped.
-    assert_recovered(&client, "/doc", &tag(&saved), counter(&saved) + 1).await;
+    assert_recovered(&client, "/doc", &saved.tag(), counter(&saved) + 1).await;
     assert_eq!(backend.doc("/doc").unwrap(), "next");
 }
 
@@ -209,7 +202,7 @@ async fn a_client_that_leaves_mid_write_does_not_let_the_next_write_in_early() {
     let (_proxy, addr) = start_proxy(&["--upstream", &format!("http://{upstream}")]).await;
     let client = HttpClient::new(addr);
     let saved = client.send(Method::PUT, "/doc", &[], "v1").await;
-    let v1 = tag(&saved);
+    let v1 = saved.tag();
 
     let mut leaving = TcpStream::connect(addr).await.unwrap();
     let request = format!(
@@ -263,7 +256,7 @@ async fn a_thousand_resources_in_a_table_of_a_hundred() {
             .send(Method::PUT, &format!("/doc/{i}"), &[], "v1")
             .await;
         assert_eq!(saved.status, StatusCode::OK);
-        tags.push(tag(&saved));
+        tags.push(saved.tag());
     }
     let stats = client.send(Method::GET, "/_stats", &[], "").await;
     let tracked: usize = stats
@@ -291,7 +284,7 @@ async fn a_slow_upload_does_not_hold_the_resource() {
     let (_proxy, addr) = start_proxy(&["--upstream", &format!("http://{upstream}")]).await;
     let client = HttpClient::new(addr);
     let saved = client.send(Method::PUT, "/doc", &[], "v1").await;
-    let v1 = tag(&saved);
+    let v1 = saved.tag();
 
     let mut slow = TcpStream::connect(addr).await.unwrap();
     let head = format!(

@@ -14,7 +14,9 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use support::{call, date_at, poll_once, request, Backend, Reply, FAIL, HOLD, SECOND, STATUS};
+use support::{
+    call, date_at, poll_once, request, Backend, Reply, FAIL, HOLD, PANIC, SECOND, STATUS,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_conditional::{clock::ManualClock, Conditional, ConditionalLayer};
 
@@ -141,6 +143,72 @@ async fn a_write_whose_backend_fails_bumps_the_version_and_releases_the_lock() {
     );
     assert!(try_call(&mut service, failing).await.is_err());
     assert_bumped_and_writable(&mut service, &backend).await;
+}
+
+#[tokio::test]
+async fn a_write_whose_backend_panics_is_answered_500_dated_now_and_bumps() {
+    let (backend, _clock, mut service) = saved_doc().await;
+    let panicking = request(
+        Method::PUT,
+        DOC,
+        &[("if-unmodified-since", &date_at(1)), (PANIC, "1")],
+        "x",
+    );
+    let reply = try_call(&mut service, panicking).await.unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("panicked"), "{}", reply.text());
+    assert_eq!(reply.header(http::header::DATE), Some(date_at(2).as_str()));
+    assert_bumped_and_writable(&mut service, &backend).await;
+}
+
+/// The runtime a forwarded write's task runs on shuts down while the backend holds the write:
+/// its client, waiting elsewhere, is told the outcome is unknown, dated by the layer's clock.
+#[test]
+fn a_write_whose_task_is_shut_down_is_answered_503_dated_by_the_clock() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (backend, mut service, pending) = first.block_on(async {
+        let (backend, _clock, mut service) = saved_doc().await;
+        let held = request(Method::PUT, DOC, &[(HOLD, "1")], "held");
+        ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+            .await
+            .unwrap();
+        let mut pending = Box::pin(service.call(held));
+        tokio::select! {
+            _ = &mut pending => panic!("answered while the backend holds the write"),
+            () = backend.arrived() => {}
+        }
+        (backend, service, pending)
+    });
+    drop(first); // drops the write's task, as a shutdown does
+
+    runtime().block_on(async {
+        let reply = Reply::from_response(pending.await.unwrap()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(
+            reply.text().contains("outcome is unknown"),
+            "{}",
+            reply.text()
+        );
+        assert_eq!(reply.header(http::header::DATE), Some(date_at(2).as_str()));
+        assert_eq!(reply.header(http::header::RETRY_AFTER), Some("1"));
+        assert_bumped_and_writable(&mut service, &backend).await;
+    });
 }
 
 #[tokio::test]

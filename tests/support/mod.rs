@@ -71,6 +71,7 @@ pub const BACKEND_PRECONDITION: &str = "the backend evaluated a conditional head
 pub const NO_HEAD: &str = "x-test-no-head"; // answer HEAD with 405, as some backends do
 pub const ECHO: &str = "x-test-echo"; // answer with the request's headers, one "name: value" a line
 pub const HOP: &str = "x-test-hop"; // add connection-specific fields to the response
+pub const PANIC: &str = "x-test-panic"; // panic in the service's future
 pub const SAW_RANGE: &str = "x-test-saw-range"; // set on a GET response when `Range` reached the backend
 
 /// A storage backend with no concurrency control of its own: GET returns a path's document,
@@ -153,6 +154,9 @@ impl Backend {
         }
         if parts.headers.contains_key(FAIL) {
             return Err(io::Error::other("backend failed"));
+        }
+        if parts.headers.contains_key(PANIC) {
+            panic!("the backend panicked, as asked");
         }
         // Like nginx, a backend that evaluates preconditions against its own validators, which
         // never match the layer's: the layer must not forward the conditions it evaluated.
@@ -294,6 +298,15 @@ impl Reply {
 
     pub fn last_modified(&self) -> Option<&str> {
         self.header(header::LAST_MODIFIED)
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.header(header::ETAG)
+    }
+
+    /// The `ETag`, which the reply must have.
+    pub fn tag(&self) -> String {
+        self.etag().expect("an ETag").to_owned()
     }
 
     pub fn text(&self) -> &str {
