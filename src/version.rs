@@ -7,6 +7,7 @@
 
 /// One version of one resource, as a [`VersionStore`](crate::store::VersionStore) keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Version {
     /// The store instance (or epoch) that issued the version: part of its ETag, drawn at random
     /// whenever a store starts empty, so tags never repeat across restarts.
@@ -23,6 +24,7 @@ pub struct Version {
 
 /// Whether a resource has a current representation (RFC 9110 §13.1.1: what `*` matches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Existence {
     /// Not known: the layer asks the inner service when a precondition depends on it.
     Unknown,

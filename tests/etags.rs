@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use http::{header, Method, StatusCode};
+use http::{Method, StatusCode};
 use support::{call, request, Backend, HttpClient, SECOND};
 use tokio::sync::Barrier;
 use tower::Layer;

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use http::{header, Method, StatusCode};
+use http::{Method, StatusCode};
 use support::{proxy::start_proxy, Backend, HttpClient, Reply, HOLD, STATUS};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
