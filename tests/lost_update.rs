@@ -20,6 +20,9 @@ use tower_conditional::{clock::ManualClock, ConditionalLayer};
 const CLIENTS: usize = 32;
 const INCREMENTS: usize = 50;
 const PATH: &str = "/api/storage";
+/// A bound against a hang, not a speed target: a run takes about 20 s alone in a debug build,
+/// and four of them run at once, on a machine that may be busy with other builds.
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
 
 /// Which validator the clients hold: the design note's dates, ETags, or half of each.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +154,7 @@ async fn through_the_layer(validators: Validators) -> Outcome {
     let layer = ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone()));
     let addr = support::serve(layer.layer(backend.service())).await;
     let run = run(HttpClient::new(addr), Some(clock), validators);
-    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+    let outcome = tokio::time::timeout(WORKLOAD_LIMIT, run)
         .await
         .expect("the workload finishes");
     assert_eq!(backend.doc(PATH).unwrap(), outcome.final_value.to_string());
@@ -191,7 +194,7 @@ async fn the_same_workload_without_the_layer_loses_updates() {
     let addr = support::serve(backend.service()).await;
 
     let outcome = tokio::time::timeout(
-        Duration::from_secs(120),
+        WORKLOAD_LIMIT,
         run(HttpClient::new(addr), None, Validators::None),
     )
     .await
