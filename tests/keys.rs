@@ -5,8 +5,8 @@ mod support;
 use http::{header, request::Parts, Method, StatusCode};
 use support::{call, date_at, request, Backend, SECOND};
 use tower::Layer;
-use tower_conditional::store::MemoryStore;
 use tower_conditional::ConditionalLayer;
+use tower_conditional::{clock::ManualClock, store::MemoryStore};
 
 #[tokio::test]
 async fn spellings_of_one_path_share_one_version() {
@@ -56,6 +56,42 @@ async fn spellings_of_one_path_share_one_version() {
     for other in ["/A/b", "/a/b/", "/a//b"] {
         let read = call(&mut service, request(Method::GET, other, &[], "")).await;
         assert_ne!(read.last_modified(), Some(date_at(2).as_str()), "{other}");
+    }
+}
+
+fn bounded_store<K: std::hash::Hash + Eq + Clone>(clock: &ManualClock) -> MemoryStore<K> {
+    MemoryStore::new().clock(clock.clone()).max_resources(1)
+}
+
+/// Setters commute: a store set before `key_fn` keeps its clock and bound, as one set after.
+#[tokio::test]
+async fn key_fn_and_store_give_the_same_layer_in_either_order() {
+    let key = |parts: &Parts| Some(parts.uri.path().to_owned());
+    for store_first in [true, false] {
+        let clock = support::manual_clock();
+        let layer = if store_first {
+            ConditionalLayer::new()
+                .store(bounded_store::<Box<str>>(&clock))
+                .key_fn(key)
+        } else {
+            ConditionalLayer::new()
+                .key_fn(key)
+                .store(bounded_store::<String>(&clock))
+        };
+        let mut service = layer.layer(Backend::default().service());
+        clock.advance(SECOND);
+        for path in ["/a", "/b", "/c"] {
+            let saved = call(&mut service, request(Method::PUT, path, &[], "x")).await;
+            assert_eq!(
+                saved.last_modified(),
+                Some(date_at(1).as_str()),
+                "the store's clock, store first: {store_first}"
+            );
+        }
+        assert!(
+            layer.tracked_resources() <= 1,
+            "the store's bound, store first: {store_first}"
+        );
     }
 }
 

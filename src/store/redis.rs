@@ -45,6 +45,8 @@ use crate::clock::unix_secs;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::open("redis://127.0.0.1:6379/")?;
 /// let layer = ConditionalLayer::new().store(store);
+/// // A key function, before or after the store, keeps it.
+/// let layer = layer.key_fn(|parts: &http::request::Parts| Some(parts.uri.path().to_owned()));
 /// # drop(layer);
 /// # Ok(())
 /// # }
@@ -186,6 +188,17 @@ impl RedisStore {
     }
 
     /// Prefixes every key (default `tc:`), e.g. to share one Redis between deployments.
+    ///
+    /// ```no_run
+    /// use tower_conditional::store::RedisStore;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let staging = RedisStore::open("redis://127.0.0.1:6379/")?.prefix("staging:tc:");
+    /// # drop(staging);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
