@@ -248,7 +248,8 @@ async fn proxy_counts_what_it_does() {
     assert_eq!(
         stats.text().trim(),
         "{\"reads\":2,\"not_modified\":1,\"writes\":3,\"precondition_failed\":1,\
-         \"precondition_required\":1,\"upstream_errors\":0,\"tracked_resources\":1}"
+         \"precondition_required\":1,\"upstream_errors\":0,\"slow_uploads\":0,\"busy\":0,\
+         \"tracked_resources\":1}"
     );
 }
 
