@@ -8,7 +8,7 @@ use tokio::{
 };
 
 /// The example's binary, (re)built once per run so a stale one is never tested.
-fn proxy_binary() -> PathBuf {
+pub fn proxy_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
