@@ -248,7 +248,8 @@ async fn proxy_counts_what_it_does() {
     assert_eq!(
         stats.text().trim(),
         "{\"reads\":2,\"not_modified\":1,\"writes\":3,\"precondition_failed\":1,\
-         \"precondition_required\":1,\"upstream_errors\":0,\"tracked_resources\":1}"
+         \"precondition_required\":1,\"upstream_errors\":0,\"slow_uploads\":0,\"busy\":0,\
+         \"tracked_resources\":1}"
     );
 }
 
@@ -392,4 +393,37 @@ async fn the_demo_page_is_served_with_the_embedded_backend_only() {
         StatusCode::NOT_FOUND,
         "forwarded to the real backend"
     );
+}
+
+#[tokio::test]
+async fn an_invalid_cors_origin_is_a_cli_error_not_a_panic() {
+    for origin in [
+        "http://app.example\nx",
+        "http://app.example/",
+        "app.example",
+    ] {
+        let out = tokio::process::Command::new(support::proxy::proxy_binary())
+            .args(["--listen", "127.0.0.1:0", "--cors-origin", origin])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{origin:?}: {stderr}");
+        assert!(
+            stderr.contains("--cors-origin") && stderr.contains("is not an origin"),
+            "{origin:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_stats_path_answers_reads_only() {
+    let (_proxy, addr) = start_proxy(&["--stats-path", "/_stats"]).await;
+    let client = HttpClient::new(addr);
+    let put = client.send(Method::PUT, "/_stats", &[], "x").await;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put.header(http::header::ALLOW), Some("GET, HEAD"));
+    let get = client.send(Method::GET, "/_stats", &[], "").await;
+    assert!(get.text().contains("\"writes\":0"), "{}", get.text());
 }

@@ -1,9 +1,11 @@
 //! Forwarding to the upstream as a reverse proxy should (RFC 9110 §7.6): connection-specific
 //! fields stripped both ways, `Via`, `Forwarded` and `X-Forwarded-For` added, `Host` kept or
-//! rewritten, and every failure answered with a short plain-text status instead of a hang.
+//! rewritten, upstream connections bounded, and every failure answered with a short plain-text
+//! status instead of a hang.
 
 use std::{
     convert::Infallible,
+    error::Error as _,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -21,14 +23,21 @@ use http::{
 use http_body_util::{combinators::BoxBody, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+    client::legacy::{
+        connect::{Connected, Connection, HttpConnector},
+        Client,
+    },
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tower::Service;
 
 use crate::stats::Stats;
 
-pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+pub type RequestBody = BoxBody<Bytes, crate::limits::BodyError>;
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// The address of the client a request came from, set per connection.
@@ -44,12 +53,18 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// Send the upstream's authority as `Host` instead of the client's.
     pub rewrite_host: bool,
+    /// At most this many connections to the upstream, busy or idle.
+    pub max_connections: usize,
+    /// At most this many of them idle in the pool.
+    pub max_idle: usize,
+    /// How long a request waits for a connection when all are busy (then 503).
+    pub queue_timeout: Duration,
 }
 
 /// Forwards each request to the upstream over pooled keep-alive connections.
 #[derive(Clone)]
 pub struct Forward {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<BoundedConnector, RequestBody>,
     upstream: Arc<Upstream>,
     stats: Arc<Stats>,
 }
@@ -65,8 +80,15 @@ impl Forward {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
+        let connector = BoundedConnector {
+            inner: connector,
+            permits: Arc::new(Semaphore::new(upstream.max_connections.max(1))),
+            wait: upstream.queue_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(upstream.max_idle)
+            .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(Self {
             client,
@@ -88,18 +110,15 @@ impl Forward {
         Uri::from_parts(parts).expect("upstream scheme and authority are set")
     }
 
+    /// `req` is origin-form, its `Host` checked (`target::admit`).
     fn prepare(&self, req: &mut Request<RequestBody>) {
-        let client_authority = req.uri().authority().cloned();
         let version = req.version();
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
         *req.uri_mut() = self.upstream_uri(req.uri());
         *req.version_mut() = Version::HTTP_11; // whatever the client spoke, upstream is HTTP/1.1
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| client_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = headers.get(header::HOST).cloned();
         match (self.upstream.rewrite_host, host) {
             (false, Some(host)) => {
                 headers.insert(header::HOST, host.clone());
@@ -163,11 +182,29 @@ fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: &HeaderValue
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let host = host.to_str().unwrap_or("");
-    let forwarded = format!("for={node};proto=http;host=\"{host}\"");
+    // RFC 7239 §4: a quoted-string, so nothing in `Host` can end the element or start another.
+    let host = quoted_string(host.to_str().unwrap_or(""));
+    let forwarded = format!("for={node};proto=http;host={host}");
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         append(headers, header::FORWARDED, value);
     }
+}
+
+/// RFC 9110 §5.6.4 `quoted-string`: `"` and `\\` escaped, anything outside `qdtext` dropped.
+fn quoted_string(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value
+        .chars()
+        .filter(|c| *c == '\t' || (' '..='~').contains(c))
+    {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Appends `value` to a comma-separated list field.
@@ -182,6 +219,8 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 const BAD_GATEWAY: &str =
     "502 Bad Gateway: the upstream could not be reached or broke the connection.\n";
 const GATEWAY_TIMEOUT: &str = "504 Gateway Timeout: the upstream did not answer in time.\n";
+const UPSTREAM_BUSY: &str =
+    "503 Service Unavailable: every connection to the upstream is busy. Retry shortly.\n";
 
 impl Service<Request<RequestBody>> for Forward {
     type Response = Response<ProxyBody>;
@@ -194,16 +233,23 @@ impl Service<Request<RequestBody>> for Forward {
 
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         self.prepare(&mut req);
-        let version = req.version();
         let response = self.client.request(req);
         let (timeout, stats) = (self.upstream.response_timeout, self.stats.clone());
         Box::pin(async move {
             let res = match tokio::time::timeout(timeout, response).await {
                 Ok(Ok(res)) => {
                     let mut res = res.map(Either::Left);
+                    let version = res.version();
                     strip_hop_by_hop(res.headers_mut());
                     append(res.headers_mut(), header::VIA, via(version));
                     return Ok(res);
+                }
+                Ok(Err(err)) if is_busy(&err) => {
+                    tracing::debug!("no upstream connection free in time");
+                    let mut res = text(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_BUSY);
+                    res.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    res
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(error = ?err, "upstream error");
@@ -220,6 +266,39 @@ impl Service<Request<RequestBody>> for Forward {
     }
 }
 
+/// An answer the proxy gives itself instead of forwarding: a status, a short plain-text body
+/// and at most one more header (`Allow`, `Retry-After`).
+#[derive(Debug)]
+pub struct OwnAnswer {
+    status: StatusCode,
+    body: &'static str,
+    header: Option<(HeaderName, &'static str)>,
+}
+
+impl OwnAnswer {
+    pub const fn new(status: StatusCode, body: &'static str) -> Self {
+        Self {
+            status,
+            body,
+            header: None,
+        }
+    }
+
+    pub fn with(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut res = text(self.status, self.body);
+        if let Some((name, value)) = self.header {
+            res.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        res
+    }
+}
+
 pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
@@ -228,4 +307,119 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
+}
+
+/// The upstream is at `--upstream-max-connections` and none came free in time.
+#[derive(Debug)]
+struct UpstreamBusy;
+
+impl std::fmt::Display for UpstreamBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every upstream connection is busy")
+    }
+}
+
+impl std::error::Error for UpstreamBusy {}
+
+fn is_busy(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = err.source();
+    while let Some(err) = source {
+        if err.is::<UpstreamBusy>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// `HttpConnector` with a bound on open connections: each holds a permit until it closes, busy
+/// or idle in the pool, so no fan-out of client streams opens more.
+#[derive(Clone)]
+struct BoundedConnector {
+    inner: HttpConnector,
+    permits: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Service<Uri> for BoundedConnector {
+    type Response = Bounded;
+    type Error = crate::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Bounded, crate::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (permits, wait) = (self.permits.clone(), self.wait);
+        // The ready connector is taken; the clone left behind is as ready (it always is).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(UpstreamBusy.into()),
+            };
+            let io = inner.call(uri).await?;
+            Ok(Bounded {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream connection holding its permit.
+    struct Bounded {
+        #[pin]
+        io: TokioIo<TcpStream>,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl Connection for Bounded {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for Bounded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Bounded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
 }

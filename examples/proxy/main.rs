@@ -11,38 +11,41 @@
 //! in-memory storage backend with no concurrency control of its own is started on another
 //! loopback port, so the proxy alone shows the whole mechanism.
 //!
-//! On SIGINT or SIGTERM the proxy stops accepting, lets in-flight requests finish (at most
-//! `--shutdown-timeout`), prints its counters and exits 0. Logs go through `tracing`, with the
+//! Everything a client can make it hold is bounded: connections, how long they may idle or take
+//! to send a head or a body, bytes of write bodies being buffered, and connections to the
+//! upstream. On SIGINT or SIGTERM the proxy stops accepting, lets in-flight requests finish (at
+//! most `--shutdown-timeout`), prints its counters and exits 0. Logs go through `tracing`, with the
 //! level from `RUST_LOG` (default `info`; `debug` logs one line per request).
 
+mod conn;
 mod demo_backend;
 mod demo_page;
 mod forward;
+mod limits;
 mod stats;
+mod target;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::net::TcpListener;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 use tower_conditional::{
     store::{MemoryStore, VersionStore},
-    ConditionalLayer, PathKey,
+    ConditionalLayer,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    forward::{ClientAddr, Forward, RequestBody, Upstream},
+    conn::Limits,
+    forward::{Forward, RequestBody, Upstream},
+    limits::{BodyBudget, TimedBody},
     stats::{ObserveLayer, Stats},
+    target::{Fold, ResourceKey},
 };
 
 /// Optimistic locking (ETag, Last-Modified; 304, 412, 428) in front of an HTTP storage backend.
@@ -84,13 +87,55 @@ struct Cli {
     /// Seconds a resource stays locked after a write to it timed out upstream.
     #[arg(long, default_value = "5", value_parser = seconds)]
     timeout_grace: Duration,
+    /// How the backend folds two spellings of a path into one resource, comma-separated: case,
+    /// slashes (`//` is `/`), trailing-slash, decoded-slash (`%2F` is `/`). Fold what the
+    /// backend folds: folding more only costs spurious 412s, folding less loses updates.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    key_fold: Vec<Fold>,
+    /// Include the query string in the resource key, for backends that name resources by it
+    /// (e.g. /api/doc?id=7).
+    #[arg(long)]
+    key_query: bool,
+    /// Client connections open at once; more get 503 or are closed. Default 10,000, or fewer
+    /// to stay under the open-file limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request head, also while an HTTP/1.1 connection waits
+    /// for its next request (then the connection is closed).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    header_read_timeout: Duration,
+    /// Seconds a connection may stay without a request in progress (then it is closed).
+    #[arg(long, default_value = "75", value_parser = seconds)]
+    idle_timeout: Duration,
+    /// Seconds between HTTP/2 keep-alive pings; a peer that does not answer one within as
+    /// long is disconnected.
+    #[arg(long, default_value = "20", value_parser = seconds)]
+    h2_keep_alive: Duration,
+    /// Bytes of write bodies buffered at once, over all connections; a write that cannot get
+    /// room for its body gets 503 before it is read.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_buffered_bytes: usize,
+    /// Seconds for a request body to arrive, from the request head (then 408); shorter than
+    /// --request-timeout.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    body_timeout: Duration,
+    /// Connections to the upstream, busy or idle. Default 512, or fewer to stay under the
+    /// open-file limit.
+    #[arg(long)]
+    upstream_max_connections: Option<usize>,
+    /// Idle connections kept open to the upstream.
+    #[arg(long, default_value_t = 64)]
+    upstream_max_idle: usize,
+    /// Seconds a request waits for an upstream connection when all are busy (then 503).
+    #[arg(long, default_value = "1", value_parser = seconds)]
+    upstream_queue_timeout: Duration,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value = "10", value_parser = seconds)]
     shutdown_timeout: Duration,
     /// Allow browser pages from this origin (e.g. http://localhost:5173) to call the proxy:
     /// CORS with the conditional headers allowed and ETag/Last-Modified exposed. Repeatable.
-    #[arg(long)]
-    cors_origin: Vec<String>,
+    #[arg(long, value_parser = origin)]
+    cors_origin: Vec<HeaderValue>,
     /// Answer GET on this path with the proxy's counters as JSON (e.g. /_stats). Off by default.
     #[arg(long)]
     stats_path: Option<String>,
@@ -108,9 +153,61 @@ fn seconds(arg: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
 }
 
+/// A CORS origin as browsers send it: `null`, or `scheme://host[:port]` with no path.
+fn origin(arg: &str) -> Result<HeaderValue, String> {
+    let valid = arg == "null"
+        || arg.parse::<Uri>().is_ok_and(|uri| {
+            uri.scheme().is_some()
+                && uri.authority().is_some()
+                && uri.path() == "/"
+                && uri.query().is_none()
+                && !arg.ends_with('/')
+        });
+    match HeaderValue::from_str(arg) {
+        Ok(value) if valid => Ok(value),
+        _ => Err(format!(
+            "{arg:?} is not an origin: use scheme://host[:port], e.g. http://localhost:5173, \
+             with no path or trailing slash"
+        )),
+    }
+}
+
+/// Default connection bounds that keep the proxy under its open-file limit, with room left
+/// for its own files and the connections refused with a 503.
+fn connection_bounds(cli: &Cli) -> (usize, usize) {
+    let budget = open_file_limit().saturating_sub(64);
+    let upstream = cli
+        .upstream_max_connections
+        .unwrap_or_else(|| (budget / 4).clamp(1, 512));
+    let clients = cli.max_connections.unwrap_or_else(|| {
+        budget
+            .saturating_sub(upstream + conn::OVERFLOW)
+            .clamp(1, 10_000)
+    });
+    (clients, upstream)
+}
+
+#[cfg(unix)]
+fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+        _ => 1024,
+    }
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> usize {
+    usize::MAX
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
-type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, std::convert::Infallible>;
+type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -130,7 +227,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     };
     let stats = Arc::new(Stats::default());
+    let (max_connections, upstream_max_connections) = connection_bounds(&cli);
     let layer = ConditionalLayer::new()
+        .key_fn(ResourceKey::new(&cli.key_fold, cli.key_query))
         .require_precondition(cli.require_precondition)
         .store(MemoryStore::new().max_resources(cli.max_resources))
         .max_body_size(cli.max_body)
@@ -144,6 +243,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             connect_timeout: cli.connect_timeout,
             response_timeout: cli.upstream_timeout,
             rewrite_host: cli.rewrite_host,
+            max_connections: upstream_max_connections,
+            max_idle: cli.upstream_max_idle,
+            queue_timeout: cli.upstream_queue_timeout,
         },
         stats.clone(),
     )?;
@@ -152,21 +254,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         // The layer sizes each lock's lease from its write timeout and grace period.
         let store = tower_conditional::store::RedisStore::open(&url)?;
         let layer = layer.store(store);
-        return serve(
-            &cli,
-            layer.clone(),
-            proxy(&cli, layer, forward, stats.clone()),
-            stats,
-        )
-        .await;
+        let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
+        return serve(&cli, max_connections, layer, proxy, stats).await;
     }
     let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
-    serve(&cli, layer, proxy, stats).await
+    serve(&cli, max_connections, layer, proxy, stats).await
 }
 
-/// Accepts connections until SIGINT or SIGTERM, then drains them.
+/// Accepts connections until SIGINT or SIGTERM, drains them, then prints the counters.
 async fn serve<K, St>(
     cli: &Cli,
+    max_connections: usize,
     tracked: ConditionalLayer<K, St>,
     proxy: Proxy,
     stats: Arc<Stats>,
@@ -177,46 +275,14 @@ where
 {
     let listener = TcpListener::bind(cli.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let graceful = GracefulShutdown::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = proxy
-            .clone()
-            .map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                req
-            });
-        let connection = auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
-        });
-    }
-
-    drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(cli.shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests still running after the shutdown timeout");
-    }
+    let limits = Limits {
+        max_connections,
+        header_read_timeout: cli.header_read_timeout,
+        idle_timeout: cli.idle_timeout,
+        h2_keep_alive: cli.h2_keep_alive,
+        shutdown_timeout: cli.shutdown_timeout,
+    };
+    conn::serve(listener, proxy, limits, shutdown_signal()).await;
     println!(
         "stats {}",
         stats.json(tracked.tracked_resources()).trim_end()
@@ -224,47 +290,77 @@ where
     Ok(())
 }
 
-/// The whole stack: stats endpoint, counting and logging, whole-request timeout, the layer,
-/// and forwarding.
+/// The whole stack: stats endpoint, target checks, body budget and timeout, counting and
+/// logging, whole-request timeout, the layer, and forwarding.
 fn proxy<St>(
     cli: &Cli,
-    layer: ConditionalLayer<PathKey, St>,
+    layer: ConditionalLayer<ResourceKey, St>,
     forward: Forward,
     stats: Arc<Stats>,
 ) -> Proxy
 where
     St: VersionStore<Box<str>>,
 {
-    let request_timeout = cli.request_timeout;
+    let (request_timeout, body_timeout) = (cli.request_timeout, cli.body_timeout);
+    let budget = BodyBudget::new(cli.max_buffered_bytes, cli.max_body);
     let stats_path = cli.stats_path.clone();
     // The demo page belongs with the demo backend, whose `/api/demo` it edits.
     let demo = cli.upstream.is_none();
     let layer_handle = layer.clone();
     let endpoint_stats = stats.clone();
-    let conditional = ServiceBuilder::new()
-        .layer(ObserveLayer(stats))
-        // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
-        .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
-        .layer(layer)
-        .service(forward);
-    let service = tower::service_fn(move |req: Request<Incoming>| {
+    // Boxed with its request type named: the async block below then proves `Send` for one
+    // concrete service instead of a generic stack.
+    let conditional: BoxCloneSyncService<Request<RequestBody>, Response<Body>, Infallible> =
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_response(boxed)
+                .layer(ObserveLayer(stats))
+                .layer(layer)
+                .service(forward),
+        );
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
         let conditional = conditional.clone();
         let stats_path = stats_path.clone();
         let (stats, layer) = (endpoint_stats.clone(), layer_handle.clone());
+        let budget = budget.clone();
         async move {
+            // From here on the target is an origin-form, normalized path: what the key is
+            // computed from is exactly what is forwarded.
+            if let Err(refused) = target::admit(&mut req) {
+                return Ok(boxed(refused.into_response()));
+            }
             if stats_path.as_deref() == Some(req.uri().path()) {
-                let body = stats.json(layer.tracked_resources());
-                return Ok(boxed(Response::new(Full::new(Bytes::from(body)))));
+                return Ok(boxed(stats_endpoint(
+                    &req,
+                    &stats,
+                    layer.tracked_resources(),
+                )));
             }
             if demo {
                 if let Some(page) = demo_page::serve(req.uri().path()) {
                     return Ok(boxed(page));
                 }
             }
+            let _reserved = match budget.reserve(&req) {
+                Ok(reserved) => reserved,
+                Err(refused) => {
+                    stats.budget_refused();
+                    return Ok(boxed(refused.into_response()));
+                }
+            };
+            // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
+            let (parts, body) = req.into_parts();
+            let (body, timed_out) = TimedBody::new(body, body_timeout);
+            let req: Request<RequestBody> = Request::from_parts(parts, RequestBody::new(body));
             // A dropped request future never abandons a forwarded write: the layer runs those
             // to their end in tasks of their own.
-            match tokio::time::timeout(request_timeout, conditional.oneshot(req)).await {
-                Ok(res) => res.map(boxed),
+            let res = tokio::time::timeout(request_timeout, conditional.oneshot(req)).await;
+            if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+                stats.slow_upload();
+                return Ok(boxed(limits::body_timed_out().into_response()));
+            }
+            match res {
+                Ok(res) => res,
                 Err(_) => {
                     let body = "504 Gateway Timeout: the request took too long.\n";
                     Ok(boxed(forward::text(StatusCode::GATEWAY_TIMEOUT, body)))
@@ -274,13 +370,8 @@ where
     });
     // Outermost: a CORS preflight is answered here and never touches the version table.
     let cors = (!cli.cors_origin.is_empty()).then(|| {
-        let origins: Vec<HeaderValue> = cli
-            .cors_origin
-            .iter()
-            .map(|o| HeaderValue::from_str(o).expect("a header value"))
-            .collect();
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(AllowOrigin::list(cli.cors_origin.iter().cloned()))
             .allow_methods([
                 Method::GET,
                 Method::HEAD,
@@ -301,6 +392,25 @@ where
             .expose_headers([header::ETAG, header::LAST_MODIFIED, header::DATE])
     });
     BoxCloneSyncService::new(ServiceBuilder::new().option_layer(cors).service(service))
+}
+
+/// The counters as JSON, for `GET` and `HEAD` only.
+fn stats_endpoint<B>(req: &Request<B>, stats: &Stats, tracked: usize) -> Response<Full<Bytes>> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut res = forward::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: the counters are read with GET.\n",
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return res;
+    }
+    let mut res = Response::new(Full::new(Bytes::from(stats.json(tracked))));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// Any of the proxy's response bodies, as one type (CORS needs one with a `Default`).

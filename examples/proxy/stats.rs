@@ -21,6 +21,11 @@ pub struct Stats {
     precondition_failed: AtomicU64,
     precondition_required: AtomicU64,
     upstream_errors: AtomicU64,
+    /// Request bodies that did not arrive within `--body-timeout` (`408`).
+    slow_uploads: AtomicU64,
+    /// Writes answered `503`: a lock not free within `--lock-timeout`, no room left in
+    /// `--max-buffered-bytes`, or no upstream connection free in time.
+    busy: AtomicU64,
 }
 
 impl Stats {
@@ -28,17 +33,29 @@ impl Stats {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn slow_upload(&self) {
+        self.slow_uploads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write refused before the layer saw it: no room to buffer its body.
+    pub fn budget_refused(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn count(&self, method: &Method, status: StatusCode) {
-        let counter = match *method {
-            Method::GET | Method::HEAD => &self.reads,
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => &self.writes,
+        let write = match *method {
+            Method::GET | Method::HEAD => false,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => true,
             _ => return,
         };
+        let counter = if write { &self.writes } else { &self.reads };
         counter.fetch_add(1, Ordering::Relaxed);
         let outcome = match status {
             StatusCode::NOT_MODIFIED => &self.not_modified,
             StatusCode::PRECONDITION_FAILED => &self.precondition_failed,
             StatusCode::PRECONDITION_REQUIRED => &self.precondition_required,
+            StatusCode::SERVICE_UNAVAILABLE if write => &self.busy,
             _ => return,
         };
         outcome.fetch_add(1, Ordering::Relaxed);
@@ -49,13 +66,16 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "{{\"reads\":{},\"not_modified\":{},\"writes\":{},\"precondition_failed\":{},\
-             \"precondition_required\":{},\"upstream_errors\":{},\"tracked_resources\":{}}}\n",
+             \"precondition_required\":{},\"upstream_errors\":{},\"slow_uploads\":{},\
+             \"busy\":{},\"tracked_resources\":{}}}\n",
             get(&self.reads),
             get(&self.not_modified),
             get(&self.writes),
             get(&self.precondition_failed),
             get(&self.precondition_required),
             get(&self.upstream_errors),
+            get(&self.slow_uploads),
+            get(&self.busy),
             tracked_resources,
         )
     }

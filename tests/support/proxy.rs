@@ -8,7 +8,7 @@ use tokio::{
 };
 
 /// The example's binary, (re)built once per run so a stale one is never tested.
-fn proxy_binary() -> PathBuf {
+pub fn proxy_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -38,10 +38,30 @@ fn proxy_binary() -> PathBuf {
 
 /// Starts the proxy on a free port and returns it with the address it printed.
 pub async fn start_proxy(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(proxy_binary())
+    start_proxy_with(&[], args, Stdio::inherit()).await
+}
+
+/// Like [`start_proxy`], run through `wrapper` (e.g. `prlimit --nofile=256:256`) and with its
+/// stderr sent to `stderr`.
+pub async fn start_proxy_with(
+    wrapper: &[&str],
+    args: &[&str],
+    stderr: Stdio,
+) -> (Child, SocketAddr) {
+    let binary = proxy_binary();
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
