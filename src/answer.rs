@@ -158,6 +158,31 @@ before retrying.\n",
         )
     }
 
+    /// `503`: with `verify_writes`, the backend did not say what it serves now (no 2xx, `404` or
+    /// `410` in time), so the write cannot be checked against writers that bypass the layer.
+    pub(crate) fn unverified(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: the backend did not say what it holds now, so this write \
+cannot be checked. Retry shortly.\n",
+            now,
+        )
+    }
+
+    /// `502`: the inner service's response body failed while the layer read it ahead to
+    /// fingerprint it (before anything was sent).
+    pub(crate) fn body_failed(now: u64) -> Self {
+        Self::plain(
+            StatusCode::BAD_GATEWAY,
+            "502 Bad Gateway: the backend's response body failed before it could be sent.\n",
+            now,
+        )
+    }
+
+    /// Whether this is a `304 Not Modified`.
+    pub(crate) fn is_not_modified(&self) -> bool {
+        self.status == StatusCode::NOT_MODIFIED
+    }
+
     fn unavailable(body: &'static str, now: u64) -> Self {
         Self::plain(StatusCode::SERVICE_UNAVAILABLE, body, now)
     }

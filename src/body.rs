@@ -2,12 +2,15 @@
 
 use std::{
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::fingerprint::{BodyHash, Fingerprint};
 
 pin_project! {
     /// Response body of [`Conditional`](crate::Conditional): the inner body, or the layer's own
@@ -22,9 +25,21 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Own { data: Option<Bytes> },
+        // The layer's own text, or an inner body the layer read ahead to its end.
+        Own { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // An inner body fingerprinted as it streams: what was read ahead, then the rest; at its
+        // end, `learn` gets the hash.
+        Hashing {
+            prefix: Option<Bytes>,
+            rest: Pin<Box<B>>,
+            hash: BodyHash,
+            learn: Option<Learn>,
+        },
     }
 }
+
+/// What a fingerprinted body does with its hash at its end.
+pub(crate) type Learn = Box<dyn FnOnce(Fingerprint) + Send + Sync>;
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
@@ -34,9 +49,27 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn own(data: &'static str) -> Self {
-        let data = (!data.is_empty()).then(|| Bytes::from_static(data.as_bytes()));
+        Self::read_ahead(Bytes::from_static(data.as_bytes()), None)
+    }
+
+    /// An inner body read to its end before the response was sent.
+    pub(crate) fn read_ahead(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let data = (!data.is_empty()).then_some(data);
         Self {
-            kind: Kind::Own { data },
+            kind: Kind::Own { data, trailers },
+        }
+    }
+
+    /// An inner body of which `prefix` was read ahead (and hashed into `hash`); the rest is
+    /// hashed as it streams, and `learn` gets the fingerprint at its end.
+    pub(crate) fn hashing(prefix: Bytes, rest: Pin<Box<B>>, hash: BodyHash, learn: Learn) -> Self {
+        Self {
+            kind: Kind::Hashing {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rest,
+                hash,
+                learn: Some(learn),
+            },
         }
     }
 }
@@ -54,21 +87,66 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Own { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Own { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            KindProj::Hashing {
+                prefix,
+                rest,
+                hash,
+                learn,
+            } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                let frame = ready!(rest.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            hash.update(data);
+                        }
+                    }
+                    // Cut short: what it would have hashed is unknown, so nothing is learned.
+                    Some(Err(_)) => *learn = None,
+                    None => {
+                        if let Some(learn) = learn.take() {
+                            learn(hash.finish());
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Own { data } => data.is_none(),
+            Kind::Own { data, trailers } => data.is_none() && trailers.is_none(),
+            // Its end must be polled, for the hash to be learned.
+            Kind::Hashing { .. } => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Own { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Own { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Hashing { prefix, rest, .. } => {
+                let prefix = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + prefix);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + prefix);
+                }
+                hint
+            }
         }
     }
 }
@@ -78,6 +156,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
         let kind = match self.kind {
             Kind::Inner { .. } => "Inner",
             Kind::Own { .. } => "Own",
+            Kind::Hashing { .. } => "Hashing",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }

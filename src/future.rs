@@ -23,7 +23,7 @@ use crate::{
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-pub(crate) type ReadLater<R, E> = BoxFuture<Result<read::Outcome<R>, E>>;
+pub(crate) type ReadLater<B, E> = BoxFuture<Result<Response<ResponseBody<B>>, E>>;
 pub(crate) type WritePrepare<R, E> = BoxFuture<Result<Prepared<R, E>, E>>;
 
 pin_project! {
@@ -32,19 +32,19 @@ pin_project! {
     /// Reads on a store that answers at once (the in-memory one) are polled in place. A write,
     /// or a read on a shared store, is prepared in a boxed future; a forwarded write then runs
     /// in a task of its own, whose answer this future waits for.
-    pub struct ResponseFuture<S, ReqBody, Key, St>
+    pub struct ResponseFuture<S, ReqBody, ResBody, Key, St>
     where
         S: Service<Request<ReqBody>>,
         St: VersionStore<Key>,
     {
         #[pin]
-        kind: Kind<S, ReqBody, Key, St>,
+        kind: Kind<S, ReqBody, ResBody, Key, St>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<S, ReqBody, Key, St>
+    enum Kind<S, ReqBody, ResBody, Key, St>
     where
         S: Service<Request<ReqBody>>,
         St: VersionStore<Key>,
@@ -56,7 +56,7 @@ pin_project! {
         // A read, to be stamped with the version seen before it was forwarded.
         Read { #[pin] future: S::Future, read: Option<ReadInFlight<Key, St>> },
         // A read waiting for a shared store, then for the inner service.
-        ReadLater { future: ReadLater<S::Response, S::Error> },
+        ReadLater { future: ReadLater<ResBody, S::Error> },
         // A write: body, lock, preconditions, probe. The store dates the answer if the write's
         // task ends without one.
         WritePreparing { future: WritePrepare<S::Response, S::Error>, store: Option<Arc<St>> },
@@ -68,7 +68,7 @@ pin_project! {
     }
 }
 
-impl<S, ReqBody, Key, St> ResponseFuture<S, ReqBody, Key, St>
+impl<S, ReqBody, ResBody, Key, St> ResponseFuture<S, ReqBody, ResBody, Key, St>
 where
     S: Service<Request<ReqBody>>,
     St: VersionStore<Key>,
@@ -90,7 +90,7 @@ where
         })
     }
 
-    pub(crate) fn read_later(future: ReadLater<S::Response, S::Error>) -> Self {
+    pub(crate) fn read_later(future: ReadLater<ResBody, S::Error>) -> Self {
         Self::from(Kind::ReadLater { future })
     }
 
@@ -101,12 +101,12 @@ where
         })
     }
 
-    fn from(kind: Kind<S, ReqBody, Key, St>) -> Self {
+    fn from(kind: Kind<S, ReqBody, ResBody, Key, St>) -> Self {
         Self { kind }
     }
 }
 
-impl<S, ReqBody, ResBody, Key, St> Future for ResponseFuture<S, ReqBody, Key, St>
+impl<S, ReqBody, ResBody, Key, St> Future for ResponseFuture<S, ReqBody, ResBody, Key, St>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: VersionStore<Key>,
@@ -129,10 +129,7 @@ where
                     let read = read.take().expect("future polled after completion");
                     return Poll::Ready(Ok(read_response(read.finish(res))));
                 }
-                KindProj::ReadLater { future } => {
-                    let outcome = ready!(future.as_mut().poll(cx))?;
-                    return Poll::Ready(Ok(read_response(outcome)));
-                }
+                KindProj::ReadLater { future } => return future.as_mut().poll(cx),
                 KindProj::WritePreparing { future, store } => {
                     match ready!(future.as_mut().poll(cx))? {
                         Prepared::Answer(answer) => kind.set(Kind::Answered {
@@ -150,6 +147,7 @@ where
                         Ok(write::Outcome::Response(result)) => {
                             result.map(|res| res.map(ResponseBody::inner))
                         }
+                        Ok(write::Outcome::Answer(answer)) => Ok(answer.into_response()),
                         Ok(write::Outcome::TimedOut { now }) => {
                             Ok(Answer::write_timed_out(now).into_response())
                         }
@@ -173,7 +171,7 @@ fn read_response<B>(outcome: read::Outcome<Response<B>>) -> Response<ResponseBod
     }
 }
 
-impl<S, ReqBody, Key, St> fmt::Debug for ResponseFuture<S, ReqBody, Key, St>
+impl<S, ReqBody, ResBody, Key, St> fmt::Debug for ResponseFuture<S, ReqBody, ResBody, Key, St>
 where
     S: Service<Request<ReqBody>>,
     St: VersionStore<Key>,

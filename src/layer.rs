@@ -174,6 +174,77 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
         self
     }
 
+    /// With `true`, every 2xx read the layer forwards is fingerprinted (the inner service's
+    /// `ETag`, else its `Last-Modified`, else a hash of the body): the same version served with
+    /// another fingerprint, with no write through the layer in between, means a writer
+    /// bypassed the layer, and the version is bumped (new `ETag`, truthful `Last-Modified`).
+    /// Off by default: the layer is then the only writer. See the README on bypassing writers.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().fingerprint_reads(true);
+    /// # drop(layer);
+    /// ```
+    pub fn fingerprint_reads(mut self, fingerprint: bool) -> Self {
+        self.config.bypass.fingerprint_reads = fingerprint;
+        self
+    }
+
+    /// Answers `304` from the version table only while the inner service confirmed the
+    /// version within `window`; after it, the read is forwarded (with the inner service's own
+    /// `ETag` or `Last-Modified` as the condition, so a backend that supports them answers a
+    /// cheap `304`), the version confirmed or bumped, and the client's conditions evaluated
+    /// against it. Turns [`fingerprint_reads`](ConditionalLayer::fingerprint_reads) on. Off by
+    /// default: the table is trusted forever.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().revalidate_after(Duration::from_secs(5));
+    /// # drop(layer);
+    /// ```
+    pub fn revalidate_after(mut self, window: Duration) -> Self {
+        self.config.bypass.revalidate_after = Some(window);
+        self
+    }
+
+    /// With `true`, a write first asks the inner service, under the resource's lock, what it
+    /// serves now (`HEAD` when it carries a validator, else `GET`), bumps the version if a
+    /// writer bypassed the layer, and only then evaluates the preconditions: a client whose
+    /// validator predates the bypassing write gets `412`. After a 2xx write, the new
+    /// fingerprint is recorded (from the write's response, else read under the lock). Costs
+    /// one or two more round trips per write. Off by default.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().verify_writes(true);
+    /// # drop(layer);
+    /// ```
+    pub fn verify_writes(mut self, verify: bool) -> Self {
+        self.config.bypass.verify_writes = verify;
+        self
+    }
+
+    /// With `true`, a write the layer forwards carries `If-Match` with the inner service's own
+    /// strong `ETag` for the version the client named, so a backend that checks `If-Match`
+    /// itself refuses a write that lost a race with a bypassing writer; its `412` becomes the
+    /// client's `412` and a version bump. Only for backends that issue strong `ETag`s and check
+    /// `If-Match`. Off by default.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().verify_writes(true).forward_validators(true);
+    /// # drop(layer);
+    /// ```
+    pub fn forward_validators(mut self, forward: bool) -> Self {
+        self.config.bypass.forward_validators = forward;
+        self
+    }
+
     /// How many resources the store tracks (in this process).
     pub fn tracked_resources(&self) -> usize
     where

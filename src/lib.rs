@@ -99,6 +99,7 @@ mod body;
 pub mod clock;
 mod date;
 mod etag;
+mod fingerprint;
 mod future;
 pub mod key;
 mod layer;

@@ -6,19 +6,26 @@
 //! answers at once ([`VersionStore::current_now`]) the whole read runs in the response future
 //! itself, without boxing; on a shared store it waits for the store in [`later`].
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use bytes::{Bytes, BytesMut};
 use http::{
-    header::{ETAG, LAST_MODIFIED},
-    Request, Response,
+    header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE},
+    Method, Request, Response, StatusCode,
 };
+use http_body::Body;
+use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
+    body::ResponseBody,
+    fingerprint::{BodyHash, Fingerprint},
     precondition::{self, Conditions, Decision, Verdict},
-    store::{Snapshot, VersionStore},
+    request_body::FromBytes,
+    store::{Observed, Snapshot, Version, VersionStore},
     version::{existence_of, Existence},
+    write::Bypass,
 };
 
 /// How a read goes on once it has been looked at.
@@ -35,6 +42,15 @@ pub(crate) enum Begun<Key, St> {
 pub(crate) enum Outcome<R> {
     Answered(Answer),
     Responded(R),
+}
+
+impl<B> Outcome<Response<B>> {
+    pub(crate) fn into_response(self) -> Response<ResponseBody<B>> {
+        match self {
+            Outcome::Answered(answer) => answer.into_response(),
+            Outcome::Responded(res) => res.map(ResponseBody::inner),
+        }
+    }
 }
 
 /// Starts a read of `key` without waiting, if the store can tell its version at once.
@@ -62,15 +78,20 @@ where
     }
 }
 
-/// A read on a store that must be waited for. `inner` has been readied for it.
+/// A read on a store that must be waited for, or one whose fingerprint the layer checks.
+/// `inner` has been readied for it.
 pub(crate) async fn later<S, ReqBody, ResBody, Key, St>(
     mut inner: S,
     mut request: Request<ReqBody>,
     key: Key,
     store: Arc<St>,
-) -> Result<Outcome<S::Response>, S::Error>
+    bypass: Bypass,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
     let now = store.now();
@@ -81,24 +102,230 @@ where
             // a client could later send back.
             tracing::warn!(error = %err, "read forwarded without preconditions");
             precondition::remove_conditions(request.headers_mut());
-            let mut res = inner.call(request).await?;
-            res.headers_mut().remove(ETAG);
-            res.headers_mut().remove(LAST_MODIFIED);
-            return Ok(Outcome::Responded(res));
+            let res = inner.call(request).await?;
+            return Ok(unvouched(res.map(ResponseBody::inner)));
         }
     };
+    if !bypass.any() {
+        let if_exists = match decide(&mut request, &snapshot, now) {
+            Decided::Answer(answer) => return Ok(answer.into_response()),
+            Decided::Forward { if_exists } => if_exists,
+        };
+        let res = inner.call(request).await?;
+        let read = ReadInFlight {
+            store,
+            key,
+            snapshot,
+            if_exists,
+        };
+        return Ok(read.finish(res).into_response());
+    }
+
+    // Writers may bypass the layer: a `304` from the table only while the backend confirmed
+    // the version recently, and every response forwarded is fingerprinted.
+    let fresh = snapshot.fingerprint.is_some()
+        && bypass
+            .revalidate_after
+            .is_none_or(|window| now.saturating_sub(snapshot.confirmed) < window.as_secs());
+    let conditions = request.headers().clone();
+    let method = request.method().clone();
     let if_exists = match decide(&mut request, &snapshot, now) {
-        Decided::Answer(answer) => return Ok(Outcome::Answered(answer)),
+        Decided::Answer(answer) if fresh || !answer.is_not_modified() => {
+            return Ok(answer.into_response());
+        }
+        // Revalidate: ask the backend with its own validator, whatever the client sent.
+        Decided::Answer(_) => {
+            let headers = request.headers_mut();
+            precondition::remove_conditions(headers);
+            headers.remove(RANGE);
+            match &snapshot.fingerprint {
+                Some(Fingerprint::ETag(tag)) => {
+                    headers.insert(IF_NONE_MATCH, tag.clone());
+                }
+                Some(Fingerprint::LastModified(date)) => {
+                    headers.insert(IF_MODIFIED_SINCE, date.clone());
+                }
+                _ => {}
+            }
+            None
+        }
         Decided::Forward { if_exists } => if_exists,
     };
-    let res = inner.call(request).await?;
+    let (parts, body) = request.into_parts();
+    let retry = crate::write::bodiless(method.clone(), &parts);
+    let res = inner.call(Request::from_parts(parts, body)).await?;
+    let confirmed_by_304 = res.status() == StatusCode::NOT_MODIFIED;
+    let (res, stamp) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    let Some(stamp) = stamp else {
+        return Ok(res); // no version to vouch for
+    };
     let read = ReadInFlight {
-        store,
-        key,
-        snapshot,
+        store: store.clone(),
+        key: key.clone(),
+        snapshot: snapshot.clone(),
         if_exists,
     };
-    Ok(read.finish(res))
+    // The client's own conditions, against what the backend confirmed (or changed).
+    let client = Conditions::parse(&conditions, stamp);
+    if client.verdict(false, stamp, false) == Verdict::Decided(Decision::NotModified) {
+        let snapshot = Snapshot::new(stamp).with_cached(snapshot.cached);
+        return Ok(Answer::not_modified(snapshot, now).into_response());
+    }
+    if !confirmed_by_304 {
+        return Ok(read.finish_stamped(res, stamp));
+    }
+    // The backend confirmed a version the client does not hold (a write through the layer
+    // came in between): the client needs the representation, which a `304` does not carry.
+    drop(res);
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let res = inner.call(retry).await?;
+    let (res, stamp) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    Ok(match stamp {
+        Some(stamp) => read.finish_stamped(res, stamp),
+        None => res,
+    })
+}
+
+/// A response fingerprinted against `seen`: the response (its body read ahead, or hashed as it
+/// streams, when the backend sends no validator) and the version to stamp it with: `seen`'s
+/// when confirmed, the bumped one when the backend changed without the layer, `None` when the
+/// store could not tell (then without validators).
+async fn fingerprinted<ResBody, Key, St>(
+    res: Response<ResBody>,
+    method: &Method,
+    store: &Arc<St>,
+    key: &Key,
+    seen: &Snapshot,
+    now: u64,
+) -> (Response<ResponseBody<ResBody>>, Option<Version>)
+where
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    Key: Clone + Send + Sync + 'static,
+    St: VersionStore<Key>,
+{
+    let status = res.status();
+    let fingerprint = match status {
+        StatusCode::NOT_MODIFIED => seen.fingerprint.clone(),
+        StatusCode::NOT_FOUND | StatusCode::GONE => Some(Fingerprint::Absent),
+        // A part, or a `HEAD`, says nothing of the whole body: only its validator counts.
+        _ if status.is_success() => Fingerprint::of_headers(res.headers()),
+        _ => return (res.map(ResponseBody::inner), Some(seen.version)),
+    };
+    let (res, fingerprint) = match fingerprint {
+        Some(fingerprint) => (res.map(ResponseBody::inner), fingerprint),
+        None if *method != Method::GET || status != StatusCode::OK => {
+            return (res.map(ResponseBody::inner), Some(seen.version));
+        }
+        None => {
+            let (parts, body) = res.into_parts();
+            match read_ahead(body).await {
+                ReadAhead::Whole {
+                    data,
+                    trailers,
+                    hash,
+                } => (
+                    Response::from_parts(parts, ResponseBody::read_ahead(data, trailers)),
+                    hash.finish(),
+                ),
+                ReadAhead::Partial { prefix, rest, hash } => {
+                    // Too large to hold: learned once it has streamed through. A change found
+                    // then bumps the version; this response keeps the older stamp (a client
+                    // holding it gets `412` on its next write, never `200`).
+                    let (store, key, version) = (store.clone(), key.clone(), seen.version);
+                    let learn = Box::new(move |fingerprint: Fingerprint| {
+                        let now = store.now();
+                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                            runtime.spawn(async move {
+                                let _ = store.observe(&key, version, &fingerprint, now).await;
+                            });
+                        }
+                    });
+                    let body = ResponseBody::hashing(prefix, rest, hash, learn);
+                    return (Response::from_parts(parts, body), Some(seen.version));
+                }
+                // Nothing was sent yet: the client gets a clean error, not a truncated body.
+                ReadAhead::Failed => return (Answer::body_failed(now).into_response(), None),
+            }
+        }
+    };
+    match store.observe(key, seen.version, &fingerprint, now).await {
+        Ok(Observed::Changed(version)) => {
+            tracing::info!(
+                counter = version.counter,
+                "the backend changed without the layer"
+            );
+            (res, Some(version))
+        }
+        Ok(_) => (res, Some(seen.version)),
+        Err(err) => {
+            tracing::warn!(error = %err, "read forwarded without validators");
+            (unvouched(res), None)
+        }
+    }
+}
+
+/// The most of a body without validators the layer holds to fingerprint it before answering.
+const READ_AHEAD: usize = 256 * 1024;
+
+enum ReadAhead<B> {
+    /// The whole body, within the bound.
+    Whole {
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+        hash: BodyHash,
+    },
+    /// More than the bound: what was read, and the rest.
+    Partial {
+        prefix: Bytes,
+        rest: Pin<Box<B>>,
+        hash: BodyHash,
+    },
+    /// The body failed.
+    Failed,
+}
+
+/// Reads `body` up to [`READ_AHEAD`] bytes, hashing what it reads.
+async fn read_ahead<B: Body<Data = Bytes>>(body: B) -> ReadAhead<B> {
+    let mut body = Box::pin(body);
+    let (mut data, mut hash) = (BytesMut::new(), BodyHash::new());
+    loop {
+        if data.len() > READ_AHEAD {
+            let (prefix, rest) = (data.freeze(), body);
+            return ReadAhead::Partial { prefix, rest, hash };
+        }
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return ReadAhead::Failed,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(chunk) => {
+                    hash.update(&chunk);
+                    data.extend_from_slice(&chunk);
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    let data = data.freeze();
+                    return ReadAhead::Whole {
+                        data,
+                        trailers,
+                        hash,
+                    };
+                }
+            },
+        }
+    }
+    ReadAhead::Whole {
+        data: data.freeze(),
+        trailers: None,
+        hash,
+    }
+}
+
+/// A response forwarded with no version to vouch for: without validators a client could send
+/// back.
+fn unvouched<B>(mut res: Response<B>) -> Response<B> {
+    res.headers_mut().remove(ETAG);
+    res.headers_mut().remove(LAST_MODIFIED);
+    res
 }
 
 /// What a read's preconditions decide, given the snapshot taken before forwarding.
@@ -141,13 +368,29 @@ pub(crate) struct ReadInFlight<Key, St> {
 
 impl<Key, St: VersionStore<Key>> ReadInFlight<Key, St> {
     /// The response stamped with the version seen before forwarding, or the layer's own answer.
-    pub(crate) fn finish<B>(self, mut res: Response<B>) -> Outcome<Response<B>> {
+    pub(crate) fn finish<B>(self, res: Response<B>) -> Outcome<Response<B>> {
+        let version = self.snapshot.version;
+        self.finish_with(res, version)
+    }
+
+    /// The same, for a fingerprinted response, stamped with `stamp`.
+    fn finish_stamped<B>(
+        self,
+        res: Response<ResponseBody<B>>,
+        stamp: Version,
+    ) -> Response<ResponseBody<B>> {
+        match self.finish_with(res, stamp) {
+            Outcome::Answered(answer) => answer.into_response(),
+            Outcome::Responded(res) => res,
+        }
+    }
+
+    fn finish_with<B>(self, mut res: Response<B>, version: Version) -> Outcome<Response<B>> {
         let exists = existence_of(res.status());
         self.store
             .learn_from_read(&self.key, &self.snapshot, exists, res.headers());
 
         let now = self.store.now();
-        let version = self.snapshot.version;
         let decision = match (self.if_exists, exists) {
             (Some((decision, _)), Existence::Exists) | (Some((_, decision)), Existence::Absent) => {
                 decision

@@ -91,13 +91,13 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: FromBytes + Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     K: ExtractKey,
     St: VersionStore<K::Key>,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody, K::Key, St>;
+    type Future = ResponseFuture<S, ReqBody, ResBody, K::Key, St>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -119,12 +119,19 @@ where
             let prepare = write::prepare(inner, request, key, store.clone(), self.config);
             return ResponseFuture::write(Box::pin(prepare), store);
         }
+        if self.config.bypass.any() {
+            // Every read is fingerprinted, which waits for the response (and the store).
+            let (inner, store) = (self.take_ready(), self.store.clone());
+            let read = read::later(inner, request, key, store, self.config.bypass);
+            return ResponseFuture::read_later(Box::pin(read));
+        }
         match read::begin(&self.store, key, &mut request) {
             Begun::Answered(answer) => ResponseFuture::answered(answer),
             Begun::Forward(read) => ResponseFuture::read(self.inner.call(request), read),
             Begun::Later(key) => {
                 let (inner, store) = (self.take_ready(), self.store.clone());
-                ResponseFuture::read_later(Box::pin(read::later(inner, request, key, store)))
+                let read = read::later(inner, request, key, store, self.config.bypass);
+                ResponseFuture::read_later(Box::pin(read))
             }
         }
     }

@@ -15,6 +15,7 @@
 use std::{
     future::{poll_fn, Future},
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::Arc,
     task::Poll,
     time::Duration,
@@ -22,19 +23,21 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RANGE, TRANSFER_ENCODING},
+    header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, RANGE, TRANSFER_ENCODING},
     request::Parts,
     HeaderMap, Method, Request, Response, StatusCode,
 };
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
+    fingerprint::{BodyHash, Fingerprint},
     precondition::{self, Conditions, Decision, Verdict},
     request_body::FromBytes,
+    store::Snapshot,
     store::{Existence, StoreError, VersionStore},
     version::existence_of,
 };
@@ -51,6 +54,34 @@ pub(crate) struct Config {
     pub(crate) write_timeout: Duration,
     /// How long a resource stays locked after a write timed out (here or upstream, 504).
     pub(crate) timeout_grace: Duration,
+    /// Writers that bypass the layer: what the layer does to notice them.
+    pub(crate) bypass: Bypass,
+}
+
+/// How the layer notices writes that reach the inner service without it (see
+/// [`crate::fingerprint`]). All off by default: the layer is then the only writer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bypass {
+    /// Record a fingerprint with every 2xx read the layer forwards, and bump on a change.
+    pub(crate) fingerprint_reads: bool,
+    /// Answer `304` from the table only while the inner service confirmed the version within
+    /// this long; after it, forward the read (conditionally, with the backend's validator).
+    pub(crate) revalidate_after: Option<Duration>,
+    /// Ask the inner service for the current fingerprint under the lock before deciding a
+    /// write, and record the written one after.
+    pub(crate) verify_writes: bool,
+    /// Forward a write with `If-Match: <the backend's strong tag>` for the version it names.
+    pub(crate) forward_validators: bool,
+}
+
+impl Bypass {
+    /// Whether fingerprints are kept at all.
+    pub(crate) fn any(&self) -> bool {
+        self.fingerprint_reads
+            || self.revalidate_after.is_some()
+            || self.verify_writes
+            || self.forward_validators
+    }
 }
 
 impl Default for Config {
@@ -61,6 +92,7 @@ impl Default for Config {
             lock_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             timeout_grace: Duration::from_secs(5),
+            bypass: Bypass::default(),
         }
     }
 }
@@ -88,6 +120,8 @@ pub(crate) enum Prepared<R, E> {
 /// What the task running a forwarded write reports.
 pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
+    /// The layer answers instead (the backend refused a validator the layer forwarded).
+    Answer(Answer),
     TimedOut {
         now: u64,
     },
@@ -106,7 +140,8 @@ pub(crate) async fn prepare<S, ReqBody, ResBody, Key, St>(
     config: Config,
 ) -> Result<Prepared<S::Response, S::Error>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
@@ -140,7 +175,8 @@ async fn forward_locked<S, ReqBody, ResBody, Key, St>(
     config: Config,
 ) -> Result<Prepared<S::Response, S::Error>, Refused<S::Error>>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
@@ -156,11 +192,32 @@ where
     };
     // The body stays out of the awaits below: it need not be `Sync`.
     let (mut parts, body) = request.into_parts();
-    if let Some(answer) = decide_locked(&mut inner, &parts, &key, &**store, &lock, config).await? {
-        return Ok(Prepared::Answer(answer));
-    }
+    let seen = match decide_locked(&mut inner, &parts, &key, &**store, &lock, config).await? {
+        Decided::Answer(answer) => return Ok(Prepared::Answer(answer)),
+        Decided::Forward(seen) => seen,
+    };
 
     precondition::remove_conditions(&mut parts.headers);
+    let bypass = config.bypass;
+    // The backend checks its own tag too: a bypassing write landing from now on is refused.
+    let guarded = match seen.fingerprint.as_ref().and_then(Fingerprint::strong_tag) {
+        Some(tag) if bypass.forward_validators => {
+            parts.headers.insert(IF_MATCH, tag.clone());
+            true
+        }
+        _ => false,
+    };
+    // What the backend serves once the write is done, read under the lock, unless the
+    // write's own response says.
+    let follow_up = bypass.verify_writes.then(|| {
+        let (mut follow, parts) = (inner.clone(), head_of(&parts));
+        let timeout = config.write_timeout;
+        Box::pin(async move {
+            poll_fn(|cx| follow.poll_ready(cx)).await.ok()?;
+            let probe = fingerprint_probe(&mut follow, &parts);
+            tokio::time::timeout(timeout, probe).await.ok()?.ok()?
+        }) as FollowUp
+    });
     let request = Request::from_parts(parts, body);
     let on_success = match *request.method() {
         Method::DELETE => Existence::Absent,
@@ -171,15 +228,26 @@ where
         key,
         on_success,
         lock: Some(lock),
+        guarded,
+        follow_up,
     };
     let (report, outcome) = oneshot::channel();
     tokio::spawn(run(inner.call(request), in_flight, config, report));
     Ok(Prepared::Forwarded(outcome))
 }
 
-/// Step 3, under the lock: the layer's answer, or `None` to forward. When a `*` depends on
-/// whether the resource exists, asks the inner service once (no write can change the answer
-/// between the probe and the decision), then decides again; `inner` is ready again after.
+/// What step 3 decided.
+enum Decided {
+    Answer(Answer),
+    /// Forward it; the snapshot its preconditions held against.
+    Forward(Snapshot),
+}
+
+/// Step 3, under the lock: the layer's answer, or the snapshot to forward against. With
+/// `verify_writes`, first asks the inner service what it serves now and bumps the version if a
+/// writer bypassed the layer. When a `*` depends on whether the resource exists, asks the inner
+/// service once (no write through the layer can change the answer between the probe and the
+/// decision), then decides again. `inner` is ready again after.
 async fn decide_locked<S, ReqBody, ResBody, Key, St>(
     inner: &mut S,
     request: &Parts,
@@ -187,12 +255,32 @@ async fn decide_locked<S, ReqBody, ResBody, Key, St>(
     store: &St,
     lock: &St::Lock,
     config: Config,
-) -> Result<Option<Answer>, Refused<S::Error>>
+) -> Result<Decided, Refused<S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ReqBody: FromBytes,
+    ResBody: Body<Data = Bytes>,
     St: VersionStore<Key>,
 {
+    if config.bypass.verify_writes {
+        let seen = store.peek(key, lock).await?;
+        let probe = tokio::time::timeout(config.write_timeout, fingerprint_probe(inner, request));
+        let Some(fingerprint) = probe
+            .await
+            .ok()
+            .transpose()
+            .map_err(Refused::Inner)?
+            .flatten()
+        else {
+            return Ok(Decided::Answer(Answer::unverified(store.now())));
+        };
+        store
+            .observe(key, seen.version, &fingerprint, store.now())
+            .await?;
+        poll_fn(|cx| inner.poll_ready(cx))
+            .await
+            .map_err(Refused::Inner)?;
+    }
     let mut probed = false;
     loop {
         match evaluate(
@@ -204,13 +292,15 @@ where
         )
         .await?
         {
-            Step::Answer(answer) => return Ok(Some(answer)),
-            Step::Forward => return Ok(None),
-            Step::Probe if probed => return Ok(Some(Answer::probe_inconclusive(store.now()))),
+            Step::Answer(answer) => return Ok(Decided::Answer(answer)),
+            Step::Forward(seen) => return Ok(Decided::Forward(seen)),
+            Step::Probe if probed => {
+                return Ok(Decided::Answer(Answer::probe_inconclusive(store.now())))
+            }
             Step::Probe => {
                 let (head, get) = (
-                    probe_request(Method::HEAD, request),
-                    probe_request(Method::GET, request),
+                    bodiless(Method::HEAD, request),
+                    bodiless(Method::GET, request),
                 );
                 let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
                 let exists = match probe.await {
@@ -286,7 +376,7 @@ async fn run<F, ResBody, E, Key, St>(
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
         }
-        Ok(Ok(Ok(res))) => Outcome::Response(Ok(in_flight.settle(res).await)),
+        Ok(Ok(Ok(res))) => in_flight.settle(res).await,
         Ok(Ok(Err(err))) => {
             drop(in_flight); // unsettled: bumps
             Outcome::Response(Err(err))
@@ -327,7 +417,7 @@ async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
 /// The next step for a write whose lock is held.
 enum Step {
     Answer(Answer),
-    Forward,
+    Forward(Snapshot),
     /// The decision depends on whether the resource exists, which the layer does not know.
     Probe,
 }
@@ -341,7 +431,8 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     lock: &St::Lock,
     require_precondition: bool,
 ) -> Result<Step, StoreError> {
-    let version = store.peek(key, lock).await?;
+    let seen = store.peek(key, lock).await?;
+    let version = seen.version;
     let conditions = Conditions::parse(headers, version);
     let decision = match conditions.verdict(true, version, require_precondition) {
         Verdict::Decided(decision) => decision,
@@ -349,7 +440,7 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     };
     let now = store.now();
     Ok(Step::Answer(match decision {
-        Decision::Forward => return Ok(Step::Forward),
+        Decision::Forward => return Ok(Step::Forward(seen)),
         Decision::PreconditionFailed | Decision::NotModified => {
             let current = store.current(key, now).await?.version;
             Answer::precondition_failed(current, now)
@@ -377,8 +468,65 @@ where
     Ok(existence_of(status))
 }
 
+/// What the inner service serves for the resource `parts` names: the validator
+/// of its `HEAD` when it sends one, else of its `GET`, else a hash of the `GET`'s body (read to
+/// its end, never held); `Absent` for `404` or `410`; `None` when it says nothing usable. `inner`
+/// must be ready; it is used once or twice.
+async fn fingerprint_probe<S, ReqBody, ResBody>(
+    inner: &mut S,
+    parts: &Parts,
+) -> Result<Option<Fingerprint>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    ResBody: Body<Data = Bytes>,
+{
+    let head = inner.call(bodiless(Method::HEAD, parts)).await?;
+    match head.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Some(Fingerprint::Absent)),
+        status if status.is_success() => {
+            if let Some(fingerprint) = Fingerprint::of_headers(head.headers()) {
+                return Ok(Some(fingerprint));
+            }
+        }
+        _ => {}
+    }
+    poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let res = inner.call(bodiless(Method::GET, parts)).await?;
+    match res.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => Ok(Some(Fingerprint::Absent)),
+        StatusCode::OK => {
+            if let Some(fingerprint) = Fingerprint::of_headers(res.headers()) {
+                return Ok(Some(fingerprint));
+            }
+            let mut body = std::pin::pin!(res.into_body());
+            let mut hash = BodyHash::new();
+            while let Some(frame) = body.frame().await {
+                match frame.ok().map(Frame::into_data) {
+                    Some(Ok(data)) => hash.update(&data),
+                    Some(Err(_trailers)) => {}
+                    None => return Ok(None), // cut short: unknown
+                }
+            }
+            Ok(Some(hash.finish()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A copy of a request's head (`Parts` is not `Clone`), to build other requests from.
+fn head_of(parts: &Parts) -> Parts {
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    *head.extensions_mut() = parts.extensions.clone();
+    head.into_parts().0
+}
+
 /// A bodiless, unconditional copy of the request `original` with `method`.
-fn probe_request<ReqBody: FromBytes>(method: Method, original: &Parts) -> Request<ReqBody> {
+pub(crate) fn bodiless<ReqBody: FromBytes>(method: Method, original: &Parts) -> Request<ReqBody> {
     let mut probe = Request::new(ReqBody::from_bytes(Bytes::new()));
     *probe.method_mut() = method;
     *probe.uri_mut() = original.uri.clone();
@@ -408,30 +556,70 @@ pub(crate) struct WriteInFlight<Key: Clone, St: VersionStore<Key>> {
     on_success: Existence,
     /// Held until the outcome is recorded; taken by then.
     lock: Option<St::Lock>,
+    /// Whether the write carries the backend's own tag in `If-Match`.
+    guarded: bool,
+    /// Reads what the backend serves after the write (with `verify_writes`).
+    follow_up: Option<FollowUp>,
 }
 
+/// The backend's fingerprint after a write, read under the write's lock.
+type FollowUp = Pin<Box<dyn Future<Output = Option<Fingerprint>> + Send>>;
+
 impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
-    /// The inner service answered. A 4xx refused the write: nothing changed. A 2xx bumps the
-    /// version and carries it; anything else may have changed the resource, so it bumps too.
-    async fn settle<B>(mut self, mut res: Response<B>) -> Response<B> {
+    /// The inner service answered. A 4xx refused the write: nothing changed, unless it is a
+    /// `412` to the backend's own tag the layer forwarded (a writer bypassed the layer: bump,
+    /// and answer `412`). A 2xx bumps the version and carries it, with the fingerprint the
+    /// backend now serves when the layer tracks them; anything else may have changed the
+    /// resource, so it bumps too.
+    async fn settle<B, E>(mut self, mut res: Response<B>) -> Outcome<Response<B>, E> {
         let lock = self.lock.take().expect("settled once");
         let status = res.status();
+        if status == StatusCode::PRECONDITION_FAILED && self.guarded {
+            let now = self.store.now();
+            return Outcome::Answer(
+                match self.store.bump(&self.key, lock, Existence::Unknown).await {
+                    Ok(version) => Answer::precondition_failed(version, now),
+                    Err(err) => {
+                        tracing::error!(error = %err, "a write's version could not be recorded");
+                        Answer::store_unavailable(now)
+                    }
+                },
+            );
+        }
         if status.is_client_error() {
-            return res; // the lock is released as it drops
+            return Outcome::Response(Ok(res)); // the lock is released as it drops
         }
         let exists = if status.is_success() {
             self.on_success
         } else {
             Existence::Unknown
         };
+        let fingerprint = match self.follow_up.take() {
+            Some(_) if !status.is_success() => None,
+            Some(follow_up) => match Fingerprint::of_headers(res.headers()) {
+                Some(own) => Some(own),
+                None => follow_up.await,
+            },
+            None => None,
+        };
         match self.store.bump(&self.key, lock, exists).await {
             Ok(version) if status.is_success() => {
+                if let Some(fingerprint) = fingerprint {
+                    let now = self.store.now();
+                    if let Err(err) = self
+                        .store
+                        .observe(&self.key, version, &fingerprint, now)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "a write's fingerprint could not be recorded");
+                    }
+                }
                 answer::stamp(res.headers_mut(), version, self.store.now())
             }
             Ok(_) => {}
             Err(err) => tracing::error!(error = %err, "a write's version could not be recorded"),
         }
-        res
+        Outcome::Response(Ok(res))
     }
 }
 

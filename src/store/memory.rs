@@ -31,7 +31,7 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Rekey, Snapshot, StoreError, VersionStore};
+use super::{Fingerprint, Observed, Rekey, Snapshot, StoreError, VersionStore};
 use crate::{
     answer,
     clock::{unix_secs, Clock, SystemClock},
@@ -80,6 +80,9 @@ struct Extras {
     cached: Option<Arc<HeaderMap>>,
     /// Made by the first write: a resource that is only read never pays for one.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// What the inner service last served for the current version, and when: only kept when
+    /// the layer detects writers that bypass it, so boxed apart.
+    seen: Option<Box<(Fingerprint, u64)>>,
 }
 
 const AMBIGUOUS: u64 = 1 << 63;
@@ -150,9 +153,16 @@ impl Entry {
     }
 
     fn snapshot(&self, instance: u64) -> Snapshot {
-        Snapshot {
-            version: self.version(instance),
-            cached: self.cached(),
+        let snapshot = Snapshot::new(self.version(instance)).with_cached(self.cached());
+        match self
+            .extras
+            .as_ref()
+            .and_then(|extras| extras.seen.as_deref())
+        {
+            Some((fingerprint, confirmed)) => {
+                snapshot.with_fingerprint(Some(fingerprint.clone()), *confirmed)
+            }
+            None => snapshot,
         }
     }
 }
@@ -203,6 +213,16 @@ where
         }
     }
 
+    fn observe(
+        &self,
+        key: &K,
+        seen: Version,
+        fingerprint: &Fingerprint,
+        now: u64,
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
+        ready(Ok(self.observe_sync(key, seen, fingerprint, now)))
+    }
+
     fn lock(
         &self,
         key: &K,
@@ -222,8 +242,12 @@ where
         &self,
         key: &K,
         _lock: &Self::Lock,
-    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
-        ready(Ok(self.peek_sync(key)))
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        let snapshot = match self.entries.get(key) {
+            Some(entry) => entry.snapshot(self.instance),
+            None => Snapshot::new(self.unknown()),
+        };
+        ready(Ok(snapshot))
     }
 
     fn learn_existence(
@@ -355,6 +379,7 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
     }
 
     /// The current version of `key`, as it is.
+    #[cfg(test)]
     fn peek_sync(&self, key: &K) -> Version {
         match self.entries.get(key) {
             Some(entry) => entry.version(self.instance),
@@ -374,10 +399,7 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
             None => {
                 let unknown = self.unknown();
                 if unknown.redated(now).is_none() {
-                    return Snapshot {
-                        version: unknown,
-                        cached: None,
-                    };
+                    return Snapshot::new(unknown);
                 }
             }
         }
@@ -446,7 +468,41 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
         self.update(key, |entry| {
             let next = entry.version(instance).next(now, exists);
             entry.set_version(next);
+            if let Some(extras) = &mut entry.extras {
+                extras.seen = None; // the write changed the representation
+            }
             next
+        })
+    }
+
+    /// See [`VersionStore::observe`].
+    fn observe_sync(
+        &self,
+        key: &K,
+        seen: Version,
+        fingerprint: &Fingerprint,
+        now: u64,
+    ) -> Observed {
+        let instance = self.instance;
+        self.update(key, |entry| {
+            let current = entry.version(instance);
+            if current.counter != seen.counter {
+                return Observed::Superseded;
+            }
+            let extras = entry.extras();
+            let observed = match extras.seen.as_deref() {
+                Some((recorded, _)) if recorded != fingerprint => {
+                    let next = current.next(now, Existence::Exists);
+                    extras.cached = None;
+                    Observed::Changed(next)
+                }
+                _ => Observed::Confirmed,
+            };
+            extras.seen = Some(Box::new((fingerprint.clone(), now)));
+            if let Observed::Changed(next) = observed {
+                entry.set_version(next);
+            }
+            observed
         })
     }
 

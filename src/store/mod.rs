@@ -29,7 +29,10 @@ use http::HeaderMap;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-pub use crate::version::{Existence, Version};
+pub use crate::{
+    fingerprint::Fingerprint,
+    version::{Existence, Version},
+};
 
 /// A resource's current version, with the headers a `304` for it repeats.
 #[derive(Debug, Clone)]
@@ -39,6 +42,10 @@ pub struct Snapshot {
     pub version: Version,
     /// The `Cache-Control`, `Content-Location`, `Expires` and `Vary` of the last 2xx read.
     pub cached: Option<Arc<HeaderMap>>,
+    /// What the inner service last served for this version, if the layer has seen it.
+    pub fingerprint: Option<Fingerprint>,
+    /// The second the inner service last confirmed `fingerprint` (0: never).
+    pub confirmed: u64,
 }
 
 impl Snapshot {
@@ -47,6 +54,8 @@ impl Snapshot {
         Self {
             version,
             cached: None,
+            fingerprint: None,
+            confirmed: 0,
         }
     }
 
@@ -54,6 +63,29 @@ impl Snapshot {
     pub fn with_cached(self, cached: Option<Arc<HeaderMap>>) -> Self {
         Self { cached, ..self }
     }
+
+    /// The same snapshot with the fingerprint last confirmed at the second `confirmed`.
+    pub fn with_fingerprint(self, fingerprint: Option<Fingerprint>, confirmed: u64) -> Self {
+        Self {
+            fingerprint,
+            confirmed,
+            ..self
+        }
+    }
+}
+
+/// What a store made of a [`Fingerprint`] observed for a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Observed {
+    /// The same as the one recorded for that version (or the first one): the version stands,
+    /// confirmed now.
+    Confirmed,
+    /// Another one, with no write through the layer since: an out-of-band change. The version
+    /// was bumped to this one, which carries the new fingerprint.
+    Changed(Version),
+    /// A write through the layer bumped the version since: nothing was recorded.
+    Superseded,
 }
 
 /// A store could not answer (for a shared store: it is unreachable).
@@ -173,8 +205,8 @@ impl std::error::Error for StoreError {
 ///         async move { Ok(tokio::time::timeout(wait, lock.acquire_owned()).await.ok().and_then(Result::ok)) }
 ///     }
 ///
-///     fn peek(&self, key: &K, _: &Self::Lock) -> impl Future<Output = Result<Version, StoreError>> + Send {
-///         ready(Ok(self.with(key.as_ref(), |r| r.version)))
+///     fn peek(&self, key: &K, _: &Self::Lock) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+///         ready(Ok(Snapshot::new(self.with(key.as_ref(), |r| r.version))))
 ///     }
 ///
 ///     fn learn_existence(&self, key: &K, _: &Self::Lock, exists: Existence)
@@ -238,6 +270,22 @@ pub trait VersionStore<K>: Send + Sync + 'static {
     /// effort, and ignored if the key was bumped since `seen` (contract rule 4).
     fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, headers: &HeaderMap);
 
+    /// Records that the inner service served `fingerprint` for `seen` at second `now`: if the
+    /// key is still at `seen`'s counter, confirms it when it matches the recorded one (or none
+    /// is recorded), else bumps the version (existence: it exists) and records it with the
+    /// new version. A bump through [`bump`](VersionStore::bump) forgets the fingerprint. Only
+    /// called when the layer detects writers that bypass it; the default refuses.
+    fn observe(
+        &self,
+        key: &K,
+        seen: Version,
+        fingerprint: &Fingerprint,
+        now: u64,
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
+        let _ = (key, seen, fingerprint, now);
+        std::future::ready(Err(StoreError::new("this store keeps no fingerprints")))
+    }
+
     // ----- Writes: between `lock` and `bump` -----
 
     /// Takes the write lock of `key`, waiting at most `wait`; `None` if it stayed taken. The
@@ -250,12 +298,12 @@ pub trait VersionStore<K>: Send + Sync + 'static {
         hold: Duration,
     ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send;
 
-    /// The current version of `key`, as it is (never re-dated), for a writer holding `lock`.
+    /// The current snapshot of `key`, as it is (never re-dated), for a writer holding `lock`.
     fn peek(
         &self,
         key: &K,
         lock: &Self::Lock,
-    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
     /// Records whether `key` exists, as a probe made under `lock` found.
     fn learn_existence(

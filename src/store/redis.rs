@@ -33,7 +33,7 @@ use std::{
 use http::HeaderMap;
 use redis::{aio::ConnectionManager, Script};
 
-use super::{Existence, Rekey, Snapshot, StoreError, Version, VersionStore};
+use super::{Existence, Fingerprint, Observed, Rekey, Snapshot, StoreError, Version, VersionStore};
 use crate::clock::unix_secs;
 
 /// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
@@ -62,6 +62,7 @@ pub struct RedisStore {
 
 struct Scripts {
     current: Script,
+    observe: Script,
     peek: Script,
     bump: Script,
     learn: Script,
@@ -118,12 +119,33 @@ if a == 1 and now > m then
   m = now; a = 0
   redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x)
 end
-return {instance, c, m, a, x}
+local seen = redis.call('HMGET', KEYS[2], 'f', 't')
+return {instance, c, m, a, x, seen[1] or '', tonumber(seen[2] or '0')}
+"#;
+
+// KEYS[2] = version; ARGV[2] = the counter the read saw, ARGV[3] = the fingerprint it saw.
+// Confirms the recorded fingerprint (or records the first), or, if another one is recorded for
+// the same counter, bumps the version: an out-of-band change. A counter that moved on means a
+// write through the layer came in between: nothing is recorded.
+const OBSERVE: &str = r#"
+local c, m, a, x = read(KEYS[2])
+if c ~= tonumber(ARGV[2]) then return {instance, c, m, a, x, 's'} end
+local f = redis.call('HGET', KEYS[2], 'f')
+if (not f) or f == ARGV[3] then
+  redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x, 'f', ARGV[3], 't', now)
+  return {instance, c, m, a, x, 'c'}
+end
+local m2 = math.max(now, m)
+local a2 = 0
+if m2 == m then a2 = 1 end
+redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', 'e', 'f', ARGV[3], 't', now)
+return {instance, c + 1, m2, a2, 'e', 'b'}
 "#;
 
 const PEEK: &str = r#"
 local c, m, a, x = read(KEYS[2])
-return {instance, c, m, a, x}
+local seen = redis.call('HMGET', KEYS[2], 'f', 't')
+return {instance, c, m, a, x, seen[1] or '', tonumber(seen[2] or '0')}
 "#;
 
 // KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = existence after the write.
@@ -135,6 +157,7 @@ local m2 = math.max(now, m)
 local a2 = 0
 if m2 == m then a2 = 1 end
 redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', ARGV[3])
+redis.call('HDEL', KEYS[2], 'f', 't')
 local held = 0
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3]); held = 1
@@ -179,6 +202,7 @@ impl RedisStore {
             proposal: Arc::from(proposal.as_str()),
             scripts: Arc::new(Scripts {
                 current: script(CURRENT),
+                observe: script(OBSERVE),
                 peek: script(PEEK),
                 bump: script(BUMP),
                 learn: script(LEARN),
@@ -213,15 +237,26 @@ impl RedisStore {
         format!("{}epoch", self.prefix)
     }
 
-    async fn row(&self, script: &Script, key: &str) -> Result<Version, StoreError> {
-        let row: Row = script
+    /// A snapshot from `CURRENT` or `PEEK`.
+    async fn snapshot(&self, script: &Script, key: &str) -> Result<Snapshot, StoreError> {
+        let (epoch, counter, modified, ambiguous, exists, fingerprint, confirmed): (
+            String,
+            u64,
+            u64,
+            u8,
+            String,
+            String,
+            u64,
+        ) = script
             .key(self.epoch())
             .key(self.key("v", key))
             .arg(&*self.proposal)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(StoreError::new)?;
-        version(row)
+        let version = version((epoch, counter, modified, ambiguous, exists))?;
+        let fingerprint = Fingerprint::decode(&fingerprint);
+        Ok(Snapshot::new(version).with_fingerprint(fingerprint, confirmed))
     }
 
     async fn bump_with_retries(
@@ -335,19 +370,53 @@ where
         _now: u64,
     ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
         let key = key.as_ref().to_owned();
-        async move {
-            let version = self.row(&self.scripts.current, &key).await?;
-            Ok(Snapshot::new(version))
-        }
+        async move { self.snapshot(&self.scripts.current, &key).await }
     }
 
     fn peek(
         &self,
         key: &K,
         _lock: &RedisLock,
-    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
         let key = key.as_ref().to_owned();
-        async move { self.row(&self.scripts.peek, &key).await }
+        async move { self.snapshot(&self.scripts.peek, &key).await }
+    }
+
+    fn observe(
+        &self,
+        key: &K,
+        seen: Version,
+        fingerprint: &Fingerprint,
+        _now: u64, // Redis `TIME` dates it, as every other version
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        let fingerprint = fingerprint.encode();
+        async move {
+            let (epoch, counter, modified, ambiguous, exists, outcome): (
+                String,
+                u64,
+                u64,
+                u8,
+                String,
+                String,
+            ) = self
+                .scripts
+                .observe
+                .key(self.epoch())
+                .key(self.key("v", &key))
+                .arg(&*self.proposal)
+                .arg(seen.counter)
+                .arg(fingerprint)
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(StoreError::new)?;
+            let version = version((epoch, counter, modified, ambiguous, exists))?;
+            Ok(match outcome.as_str() {
+                "c" => Observed::Confirmed,
+                "b" => Observed::Changed(version),
+                _ => Observed::Superseded,
+            })
+        }
     }
 
     /// Only existence is kept: `304`s from a Redis store repeat no cached headers.

@@ -1,0 +1,156 @@
+//! What identifies the inner service's representation of a resource: how the layer notices
+//! writes that bypass it.
+//!
+//! The layer's versions are its own. A backend that other programs also write to changes
+//! behind them; a [`Fingerprint`] of what the backend served, recorded with the version, lets the
+//! layer tell: the same version served with another fingerprint, with no write through the layer
+//! in between, is an out-of-band change, and the version is bumped.
+//!
+//! The fingerprint is the backend's own `ETag` when it sends one, else its `Last-Modified`, else
+//! a hash of the body, computed as the body streams through (memory stays bounded whatever the
+//! size). A `Last-Modified` has one-second resolution: two backend writes in one second look
+//! alike, which only the `ETag` or the body hash can tell apart.
+
+use http::{
+    header::{ETAG, LAST_MODIFIED},
+    HeaderMap, HeaderValue,
+};
+
+/// The inner service's validator for one representation, or a hash of its body.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fingerprint {
+    /// The inner service's own `ETag`, as it sent it.
+    ETag(HeaderValue),
+    /// Its `Last-Modified`, when it sends no `ETag`.
+    LastModified(HeaderValue),
+    /// A 64-bit FNV-1a hash of the body, when it sends neither.
+    Body(u64),
+    /// The inner service answered `404` or `410`: no representation.
+    Absent,
+}
+
+impl Fingerprint {
+    /// The validator in `headers`: the `ETag`, else the `Last-Modified`.
+    pub fn of_headers(headers: &HeaderMap) -> Option<Self> {
+        if let Some(tag) = headers.get(ETAG) {
+            return Some(Fingerprint::ETag(tag.clone()));
+        }
+        headers
+            .get(LAST_MODIFIED)
+            .map(|date| Fingerprint::LastModified(date.clone()))
+    }
+
+    /// The backend's strong `ETag`, which it can check in `If-Match` itself.
+    pub(crate) fn strong_tag(&self) -> Option<&HeaderValue> {
+        match self {
+            Fingerprint::ETag(tag) if tag.as_bytes().first() == Some(&b'"') => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// One line of text, for a store that keeps strings (see [`decode`](Fingerprint::decode)).
+    pub fn encode(&self) -> String {
+        match self {
+            Fingerprint::ETag(tag) => format!("e{}", String::from_utf8_lossy(tag.as_bytes())),
+            Fingerprint::LastModified(date) => {
+                format!("m{}", String::from_utf8_lossy(date.as_bytes()))
+            }
+            Fingerprint::Body(hash) => format!("h{hash:016x}"),
+            Fingerprint::Absent => "a".to_owned(),
+        }
+    }
+
+    /// The fingerprint [`encode`](Fingerprint::encode) made, if `text` is one.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (kind, rest) = (text.get(..1)?, text.get(1..)?);
+        match kind {
+            "e" => HeaderValue::from_str(rest).ok().map(Fingerprint::ETag),
+            "m" => HeaderValue::from_str(rest)
+                .ok()
+                .map(Fingerprint::LastModified),
+            "h" => u64::from_str_radix(rest, 16).ok().map(Fingerprint::Body),
+            "a" if rest.is_empty() => Some(Fingerprint::Absent),
+            _ => None,
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and processes (several proxies on one Redis compare
+/// each other's hashes), and a few lines rather than a crate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyHash(u64);
+
+impl BodyHash {
+    pub(crate) fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn finish(self) -> Fingerprint {
+        Fingerprint::Body(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_round_trips() {
+        for fingerprint in [
+            Fingerprint::ETag(HeaderValue::from_static("\"abc\"")),
+            Fingerprint::ETag(HeaderValue::from_static("W/\"abc\"")),
+            Fingerprint::LastModified(HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Fingerprint::Body(0),
+            Fingerprint::Body(u64::MAX),
+            Fingerprint::Absent,
+        ] {
+            assert_eq!(
+                Fingerprint::decode(&fingerprint.encode()),
+                Some(fingerprint)
+            );
+        }
+        assert_eq!(Fingerprint::decode(""), None);
+        assert_eq!(Fingerprint::decode("x1"), None);
+    }
+
+    #[test]
+    fn the_etag_comes_first_and_only_a_strong_one_is_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert!(matches!(
+            Fingerprint::of_headers(&headers),
+            Some(Fingerprint::LastModified(_))
+        ));
+        headers.insert(ETAG, HeaderValue::from_static("W/\"a\""));
+        let weak = Fingerprint::of_headers(&headers).unwrap();
+        assert!(matches!(weak, Fingerprint::ETag(_)) && weak.strong_tag().is_none());
+        headers.insert(ETAG, HeaderValue::from_static("\"a\""));
+        assert!(Fingerprint::of_headers(&headers)
+            .unwrap()
+            .strong_tag()
+            .is_some());
+    }
+
+    #[test]
+    fn body_hashes_tell_bodies_apart_whatever_the_chunking() {
+        let hash = |chunks: &[&[u8]]| {
+            let mut hash = BodyHash::new();
+            chunks.iter().for_each(|chunk| hash.update(chunk));
+            hash.finish()
+        };
+        assert_eq!(hash(&[b"hello world"]), hash(&[b"hello", b" ", b"world"]));
+        assert_ne!(hash(&[b"hello world"]), hash(&[b"hello worle"]));
+        assert_ne!(hash(&[]), hash(&[b"\0"]));
+    }
+}
