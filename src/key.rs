@@ -124,8 +124,9 @@ fn normalize_percent_encoding(path: &str) -> Cow<'_, str> {
                 i += 1;
             }
             _ => {
-                // Copy up to the next `%` in one go; `%` is ASCII, so this stays on a char boundary.
-                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                // Copy up to the next `%` in one go. `i` is a char boundary (it follows an ASCII
+                // byte or starts the path) and `bytes[i]` is not `%`, so the search starts there.
+                let next = path[i..].find('%').map_or(path.len(), |at| i + at);
                 out.push_str(&path[i..next]);
                 i = next;
             }
@@ -208,6 +209,8 @@ mod tests {
             ("/%", "/%25"),
             ("/%zz%4", "/%25zz%254"),
             ("/%%330", "/%2530"), // found by `normalization_is_idempotent`
+            ("/%41é", "/Aé"),     // multibyte characters after an encoding: found in review
+            ("/%é", "/%25é"),
             ("/%25", "/%25"),
             ("", "/"),
             ("a/..", "/"),
@@ -236,7 +239,7 @@ mod tests {
 
         /// Mostly `%`, hex digits, dots and slashes: where encodings and segments interact.
         #[test]
-        fn normalization_of_encodings_is_idempotent(path in "/?[%0-9a-fA-F./]{0,24}") {
+        fn normalization_of_encodings_is_idempotent(path in "/?[%0-9a-fA-Fé€./]{0,24}") {
             let once = normalize_path(&path).into_owned();
             prop_assert_eq!(normalize_path(&once), once.as_str());
         }
