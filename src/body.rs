@@ -99,22 +99,26 @@ where
                 hash,
                 learn,
             } => {
-                if let Some(prefix) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
-                }
-                let frame = ready!(rest.as_mut().poll_frame(cx));
+                // The prefix was hashed when it was read ahead.
+                let (frame, from_prefix) = match prefix.take() {
+                    Some(prefix) => (Some(Ok(Frame::data(prefix))), true),
+                    None => (ready!(rest.as_mut().poll_frame(cx)), false),
+                };
                 match &frame {
-                    Some(Ok(frame)) => {
+                    Some(Ok(frame)) if !from_prefix => {
                         if let Some(data) = frame.data_ref() {
                             hash.update(data);
                         }
                     }
                     // Cut short: what it would have hashed is unknown, so nothing is learned.
                     Some(Err(_)) => *learn = None,
-                    None => {
-                        if let Some(learn) = learn.take() {
-                            learn(hash.finish());
-                        }
+                    _ => {}
+                }
+                // Learned as soon as the rest is known to be over: a server that knows the
+                // length may never poll for the end.
+                if frame.is_none() || rest.is_end_stream() {
+                    if let Some(learn) = learn.take() {
+                        learn(hash.finish());
                     }
                 }
                 Poll::Ready(frame)
@@ -126,8 +130,12 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Own { data, trailers } => data.is_none() && trailers.is_none(),
-            // Its end must be polled, for the hash to be learned.
-            Kind::Hashing { .. } => false,
+            Kind::Hashing {
+                prefix,
+                rest,
+                learn,
+                ..
+            } => prefix.is_none() && learn.is_none() && rest.is_end_stream(),
         }
     }
 

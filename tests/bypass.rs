@@ -1,0 +1,449 @@
+//! Writers that bypass the layer: a backend with a side door (a write that does not go through
+//! the layer), of three kinds — one that sends its own `ETag`, one that sends only
+//! `Last-Modified`, one that sends no validator at all — behind the layer on real sockets.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::{HttpClient, Reply, ServedBody, SECOND};
+use tokio::sync::{mpsc, Semaphore};
+use tower::{Layer, Service};
+use tower_conditional::{clock::ManualClock, store::MemoryStore, ConditionalLayer};
+
+const DOC: &str = "/doc";
+/// Holds a write (announces it, then waits for `release`) before the backend checks `If-Match`.
+const HOLD: &str = "x-test-hold";
+
+/// Which validator the backend sends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Validator {
+    ETag,
+    LastModified,
+    None,
+}
+
+/// A storage backend with validators of its own and a side door. `GET`/`HEAD` answer `304` to
+/// a matching `If-None-Match` / `If-Modified-Since`; writes check `If-Match` against its tag.
+#[derive(Clone)]
+struct SideDoorBackend {
+    validator: Validator,
+    state: Arc<State>,
+}
+
+struct State {
+    /// Per path: the body and the backend's own revision.
+    docs: Mutex<HashMap<String, (Bytes, u64)>>,
+    hits: AtomicUsize,
+    held: mpsc::UnboundedSender<()>,
+    arrived: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    open: Semaphore,
+}
+
+impl SideDoorBackend {
+    fn new(validator: Validator) -> Self {
+        let (held, arrived) = mpsc::unbounded_channel();
+        Self {
+            validator,
+            state: Arc::new(State {
+                docs: Mutex::default(),
+                hits: AtomicUsize::new(0),
+                held,
+                arrived: tokio::sync::Mutex::new(arrived),
+                open: Semaphore::new(0),
+            }),
+        }
+    }
+
+    /// A write that does not go through the layer.
+    fn write_directly(&self, path: &str, body: &str) {
+        let mut docs = self.state.docs.lock().unwrap();
+        let revision = docs.get(path).map_or(0, |(_, r)| *r) + 1;
+        docs.insert(path.to_owned(), (Bytes::from(body.to_owned()), revision));
+    }
+
+    fn doc(&self, path: &str) -> Bytes {
+        self.state.docs.lock().unwrap()[path].0.clone()
+    }
+
+    fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    async fn arrived(&self) {
+        self.state.arrived.lock().await.recv().await;
+    }
+
+    fn release(&self) {
+        self.state.open.add_permits(1);
+    }
+
+    /// The validator of `revision`, as this backend spells it.
+    fn validator(&self, revision: u64) -> Option<(header::HeaderName, HeaderValue)> {
+        match self.validator {
+            Validator::ETag => Some((
+                header::ETAG,
+                HeaderValue::from_str(&format!("\"rev-{revision}\"")).unwrap(),
+            )),
+            Validator::LastModified => {
+                // One second per revision: every revision has a date of its own.
+                let date = UNIX_EPOCH + Duration::from_secs(1_600_000_000 + revision);
+                let date = httpdate::fmt_http_date(date);
+                Some((header::LAST_MODIFIED, HeaderValue::from_str(&date).unwrap()))
+            }
+            Validator::None => None,
+        }
+    }
+
+    async fn handle(self, req: Request<ServedBody>) -> Response<Full<Bytes>> {
+        self.state.hits.fetch_add(1, Ordering::SeqCst);
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let current = self.state.docs.lock().unwrap().get(&path).cloned();
+        match parts.method {
+            Method::GET | Method::HEAD => {
+                let Some((body, revision)) = current else {
+                    return reply(StatusCode::NOT_FOUND, Bytes::new(), None);
+                };
+                let validator = self.validator(revision);
+                if let Some((name, value)) = &validator {
+                    let condition = match *name {
+                        header::ETAG => header(header::IF_NONE_MATCH),
+                        _ => header(header::IF_MODIFIED_SINCE),
+                    };
+                    if condition == value.to_str().ok() {
+                        return reply(StatusCode::NOT_MODIFIED, Bytes::new(), validator);
+                    }
+                }
+                let body = if parts.method == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    body
+                };
+                reply(StatusCode::OK, body, validator)
+            }
+            _ => {
+                let body = body.collect().await.unwrap().to_bytes();
+                if parts.headers.contains_key(HOLD) {
+                    self.state.held.send(()).unwrap();
+                    self.state.open.acquire().await.unwrap().forget();
+                }
+                let mut docs = self.state.docs.lock().unwrap();
+                let revision = docs.get(&path).map_or(0, |(_, r)| *r);
+                if let Some(expected) = header(header::IF_MATCH) {
+                    let current = self.validator(revision).map(|(_, v)| v);
+                    if current.as_ref().and_then(|v| v.to_str().ok()) != Some(expected) {
+                        return reply(StatusCode::PRECONDITION_FAILED, Bytes::new(), None);
+                    }
+                }
+                docs.insert(path, (body, revision + 1));
+                reply(StatusCode::OK, Bytes::new(), self.validator(revision + 1))
+            }
+        }
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    body: Bytes,
+    validator: Option<(header::HeaderName, HeaderValue)>,
+) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    if let Some((name, value)) = validator {
+        res.headers_mut().insert(name, value);
+    }
+    res
+}
+
+impl Service<Request<ServedBody>> for SideDoorBackend {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ServedBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// The backend behind a layer on a manual clock, served on loopback.
+async fn behind(
+    validator: Validator,
+    configure: impl FnOnce(ConditionalLayer) -> ConditionalLayer,
+) -> (SideDoorBackend, ManualClock, HttpClient) {
+    let backend = SideDoorBackend::new(validator);
+    let clock = support::manual_clock();
+    let layer = configure(ConditionalLayer::new().store(MemoryStore::new().clock(clock.clone())));
+    let addr = support::serve(layer.layer(backend.clone())).await;
+    clock.advance(SECOND);
+    (backend, clock, HttpClient::new(addr))
+}
+
+const KINDS: [Validator; 3] = [Validator::ETag, Validator::LastModified, Validator::None];
+
+#[tokio::test]
+async fn after_the_window_a_bypassing_write_is_shown_and_stale_writers_get_412() {
+    for kind in KINDS {
+        let (backend, clock, client) = behind(kind, |layer| {
+            layer
+                .revalidate_after(Duration::from_secs(5))
+                .verify_writes(true)
+        })
+        .await;
+        let saved = client.send(Method::PUT, DOC, &[], "v1").await;
+        assert_eq!(saved.status, StatusCode::OK, "{kind:?}");
+        let read = client.send(Method::GET, DOC, &[], "").await;
+        assert_eq!(read.status, StatusCode::OK);
+        let (t1, d1) = (read.tag(), read.last_modified().unwrap().to_owned());
+        clock.advance(SECOND);
+
+        // Within the window, 304s come from the table: the backend sees neither.
+        let hits = backend.hits();
+        for _ in 0..2 {
+            let cached = client
+                .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+                .await;
+            assert_eq!(cached.status, StatusCode::NOT_MODIFIED, "{kind:?}");
+        }
+        assert_eq!(
+            backend.hits(),
+            hits,
+            "{kind:?}: a 304 within the window reached the backend"
+        );
+
+        backend.write_directly(DOC, "bypass");
+        clock.advance(Duration::from_secs(5));
+
+        // After the window: the new data, under a new version.
+        let fresh = client
+            .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+            .await;
+        assert_eq!(fresh.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(fresh.text(), "bypass", "{kind:?}");
+        assert_ne!(fresh.tag(), t1, "{kind:?}");
+        fresh.assert_dates_truthful();
+
+        // Writers holding the version from before the bypass are refused; it survives.
+        for (condition, value) in [("if-match", &t1), ("if-unmodified-since", &d1)] {
+            let stale = client
+                .send(Method::PUT, DOC, &[(condition, value)], "stale")
+                .await;
+            assert_eq!(
+                stale.status,
+                StatusCode::PRECONDITION_FAILED,
+                "{kind:?} {condition}"
+            );
+        }
+        assert_eq!(backend.doc(DOC), "bypass", "{kind:?}");
+
+        // A client that re-reads can write again.
+        let reread = client.send(Method::GET, DOC, &[], "").await;
+        let ok = client
+            .send(Method::PUT, DOC, &[("if-match", &reread.tag())], "v2")
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(backend.doc(DOC), "v2", "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn verify_writes_refuses_a_writer_that_predates_an_unseen_bypass() {
+    for kind in KINDS {
+        let (backend, clock, client) = behind(kind, |layer| layer.verify_writes(true)).await;
+        let saved = client.send(Method::PUT, DOC, &[], "v1").await;
+        let t1 = saved.tag();
+        clock.advance(SECOND);
+        let d1 = client
+            .send(Method::GET, DOC, &[], "")
+            .await
+            .last_modified()
+            .unwrap()
+            .to_owned();
+
+        // No read through the layer sees the bypass: only the write's own check can.
+        backend.write_directly(DOC, "bypass");
+        for (condition, value) in [("if-match", &t1), ("if-unmodified-since", &d1)] {
+            let stale = client
+                .send(Method::PUT, DOC, &[(condition, value)], "stale")
+                .await;
+            assert_eq!(
+                stale.status,
+                StatusCode::PRECONDITION_FAILED,
+                "{kind:?} {condition}"
+            );
+        }
+        assert_eq!(backend.doc(DOC), "bypass", "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_detection_the_table_is_trusted_as_before() {
+    let (backend, clock, client) = behind(Validator::ETag, |layer| layer).await;
+    let t1 = client.send(Method::PUT, DOC, &[], "v1").await.tag();
+    clock.advance(SECOND);
+    backend.write_directly(DOC, "bypass");
+    clock.advance(Duration::from_secs(60));
+    let cached = client
+        .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+        .await;
+    assert_eq!(
+        cached.status,
+        StatusCode::NOT_MODIFIED,
+        "the documented default"
+    );
+}
+
+#[tokio::test]
+async fn a_forwarded_read_notices_a_bypass_and_stamps_the_new_version() {
+    for kind in KINDS {
+        let (backend, clock, client) = behind(kind, |layer| layer.fingerprint_reads(true)).await;
+        client.send(Method::PUT, DOC, &[], "v1").await;
+        let first = client.send(Method::GET, DOC, &[], "").await;
+        clock.advance(SECOND);
+        backend.write_directly(DOC, "bypass");
+        let second = client.send(Method::GET, DOC, &[], "").await;
+        assert_eq!(second.text(), "bypass");
+        assert_ne!(
+            second.tag(),
+            first.tag(),
+            "{kind:?}: new data under the old version"
+        );
+        let stale = client
+            .send(Method::PUT, DOC, &[("if-match", &first.tag())], "stale")
+            .await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{kind:?}");
+        assert_eq!(backend.doc(DOC), "bypass");
+    }
+}
+
+/// The race `forward_validators` closes: a bypassing write lands after the layer verified the
+/// resource and before the backend applies the write. The backend refuses it on its own tag.
+#[tokio::test]
+async fn forwarded_validators_let_the_backend_refuse_a_write_that_lost_a_race() {
+    let (backend, _clock, client) = behind(Validator::ETag, |layer| {
+        layer.verify_writes(true).forward_validators(true)
+    })
+    .await;
+    let t1 = client.send(Method::PUT, DOC, &[], "v1").await.tag();
+    let racing = tokio::spawn({
+        let (client, t1) = (client.clone(), t1.clone());
+        async move {
+            client
+                .send(
+                    Method::PUT,
+                    DOC,
+                    &[("if-match", &t1), (HOLD, "1")],
+                    "lost race",
+                )
+                .await
+        }
+    });
+    backend.arrived().await; // verified, forwarded, held before the backend checks
+    backend.write_directly(DOC, "bypass");
+    backend.release();
+    let refused: Reply = racing.await.unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        refused.text()
+    );
+    assert_ne!(refused.tag(), t1, "the 412 carries the bumped version");
+    assert_eq!(backend.doc(DOC), "bypass");
+    let again = client
+        .send(Method::PUT, DOC, &[("if-match", &t1)], "again")
+        .await;
+    assert_eq!(again.status, StatusCode::PRECONDITION_FAILED);
+}
+
+/// A body without validators too large to hold is hashed as it streams: the change it carries
+/// is learned at its end (the response itself keeps the older stamp), and nothing is lost.
+#[tokio::test]
+async fn a_large_body_is_fingerprinted_as_it_streams() {
+    let (backend, clock, client) = behind(Validator::None, |layer| {
+        layer.revalidate_after(Duration::ZERO)
+    })
+    .await;
+    let large = |fill: char| fill.to_string().repeat(2 * 1024 * 1024);
+    client.send(Method::PUT, DOC, &[], &large('a')).await;
+    let first = client.send(Method::GET, DOC, &[], "").await;
+    assert_eq!(first.body.len(), 2 * 1024 * 1024);
+    clock.advance(SECOND);
+    backend.write_directly(DOC, &large('b'));
+
+    let carrying = client.send(Method::GET, DOC, &[], "").await;
+    assert_eq!(carrying.body, large('b'));
+    // Learned once its body has streamed through (in a task): a read that names the old
+    // version gets 412 from the table once it is. Polled, bounded.
+    let mut learned = false;
+    for _ in 0..500 {
+        let check = client
+            .send(Method::HEAD, DOC, &[("if-match", &first.tag())], "")
+            .await;
+        if check.status == StatusCode::PRECONDITION_FAILED {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        learned,
+        "the change a streamed body carried was never learned"
+    );
+    let stale = client
+        .send(Method::PUT, DOC, &[("if-match", &first.tag())], "stale")
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(backend.doc(DOC), large('b'));
+}
+
+/// After the window, an unchanged resource is confirmed by one request to the backend, with
+/// the backend's own validator (so it can answer `304` itself), and the client gets its `304`.
+#[tokio::test]
+async fn after_the_window_an_unchanged_resource_is_confirmed_by_one_backend_request() {
+    for kind in KINDS {
+        let (backend, clock, client) =
+            behind(kind, |layer| layer.revalidate_after(Duration::from_secs(5))).await;
+        client.send(Method::PUT, DOC, &[], "v1").await;
+        let t1 = client.send(Method::GET, DOC, &[], "").await.tag();
+        clock.advance(Duration::from_secs(10));
+        let hits = backend.hits();
+        let confirmed = client
+            .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+            .await;
+        assert_eq!(confirmed.status, StatusCode::NOT_MODIFIED, "{kind:?}");
+        assert_eq!(confirmed.tag(), t1, "{kind:?}: confirmed, not bumped");
+        assert_eq!(backend.hits(), hits + 1, "{kind:?}");
+        // Confirmed now: the next one stays in the table.
+        let cached = client
+            .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+            .await;
+        assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(backend.hits(), hits + 1, "{kind:?}");
+    }
+}
