@@ -447,3 +447,45 @@ async fn after_the_window_an_unchanged_resource_is_confirmed_by_one_backend_requ
         assert_eq!(backend.hits(), hits + 1, "{kind:?}");
     }
 }
+
+/// Two layers (as two proxies would) on one Redis: what one saw the backend serve, the other
+/// compares with, and the version they bump is the one both check.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layers_on_one_redis_share_the_fingerprint() {
+    use support::redis_server::RedisServer;
+    use tower_conditional::store::RedisStore;
+
+    let redis = RedisServer::start().await;
+    let backend = SideDoorBackend::new(Validator::ETag);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::open(&redis.url()).unwrap();
+        let layer = ConditionalLayer::new()
+            .store(store)
+            .revalidate_after(Duration::ZERO);
+        clients.push(HttpClient::new(support::serve(layer.layer(backend.clone())).await));
+    }
+    let (a, b) = (&clients[0], &clients[1]);
+    // The first calls may meet the store still connecting (503): bounded retries.
+    let mut saved = None;
+    for _ in 0..100 {
+        let reply = a.send(Method::PUT, DOC, &[], "v1").await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            saved = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(saved.expect("Redis answered").status, StatusCode::OK);
+    let t1 = a.send(Method::GET, DOC, &[], "").await.tag();
+
+    backend.write_directly(DOC, "bypass");
+    let seen_by_b = b.send(Method::GET, DOC, &[("if-none-match", &t1)], "").await;
+    assert_eq!(seen_by_b.status, StatusCode::OK);
+    assert_eq!(seen_by_b.text(), "bypass");
+    assert_ne!(seen_by_b.tag(), t1);
+    let stale_at_a = a.send(Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    assert_eq!(stale_at_a.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(backend.doc(DOC), "bypass");
+}
