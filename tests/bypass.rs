@@ -489,3 +489,35 @@ async fn two_layers_on_one_redis_share_the_fingerprint() {
     assert_eq!(stale_at_a.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(backend.doc(DOC), "bypass");
 }
+
+/// The proxy binary in front of a backend that another client writes to directly, over HTTP.
+#[tokio::test]
+async fn the_proxy_notices_a_write_made_straight_to_the_backend() {
+    let backend = SideDoorBackend::new(Validator::LastModified);
+    let upstream = support::serve(backend.clone()).await;
+    let (_proxy, addr) = support::proxy::start_proxy(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--revalidate-after",
+        "0",
+        "--verify-writes",
+    ])
+    .await;
+    let (through, straight) = (HttpClient::new(addr), HttpClient::new(upstream));
+    assert_eq!(through.send(Method::PUT, DOC, &[], "v1").await.status, StatusCode::OK);
+    let t1 = through.send(Method::GET, DOC, &[], "").await.tag();
+
+    let bypass = straight.send(Method::PUT, DOC, &[], "bypass").await;
+    assert_eq!(bypass.status, StatusCode::OK);
+
+    let stale = through
+        .send(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.text());
+    let fresh = through
+        .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.text(), "bypass");
+    assert_eq!(backend.doc(DOC), "bypass");
+}

@@ -87,6 +87,19 @@ struct Cli {
     /// Seconds a resource stays locked after a write to it timed out upstream.
     #[arg(long, default_value = "5", value_parser = seconds)]
     timeout_grace: Duration,
+    /// Other programs write to the backend too: answer 304 from the version table only while
+    /// the backend confirmed the version within this many seconds, then ask it (with its own
+    /// ETag or Last-Modified). Every forwarded read is fingerprinted. Off by default.
+    #[arg(long, value_parser = seconds)]
+    revalidate_after: Option<Duration>,
+    /// Other programs write to the backend too: before deciding a write, ask the backend (under
+    /// the resource's lock) what it holds now; a bypassing write makes stale writers get 412.
+    #[arg(long)]
+    verify_writes: bool,
+    /// The backend issues strong ETags and checks If-Match: forward each write with the
+    /// backend's own tag, so it refuses one that lost a race with a bypassing writer.
+    #[arg(long)]
+    forward_validators: bool,
     /// How the backend folds two spellings of a path into one resource, comma-separated: case,
     /// slashes (`//` is `/`), trailing-slash, decoded-slash (`%2F` is `/`). Fold what the
     /// backend folds: folding more only costs spurious 412s, folding less loses updates.
@@ -236,7 +249,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .lock_timeout(cli.lock_timeout)
         // A backstop: the upstream timeout answers 504 first, which also starts the grace period.
         .write_timeout(cli.upstream_timeout + Duration::from_secs(1))
-        .timeout_grace(cli.timeout_grace);
+        .timeout_grace(cli.timeout_grace)
+        .verify_writes(cli.verify_writes)
+        .forward_validators(cli.forward_validators);
+    let layer = match cli.revalidate_after {
+        Some(window) => layer.revalidate_after(window),
+        None => layer,
+    };
     let forward = Forward::new(
         Upstream {
             uri: upstream,
