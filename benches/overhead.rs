@@ -157,5 +157,73 @@ fn overhead(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, overhead);
+/// The cost of watching for writers that bypass the layer, against the layer that trusts its
+/// table (the default) and the bare service, in one run: a `304` within the revalidation window
+/// (answered from the table, but on the boxed path that fingerprints reads), and a write with
+/// `verify_writes` (one more inner call: `HEAD`, then `GET` and a hash of the body, as the bare
+/// service sends no validator).
+fn bypass_overhead(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = &runtime;
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_750_000_000));
+    let store = || MemoryStore::new().clock(clock.clone());
+    let mut trusting = ConditionalLayer::new().store(store()).layer(bare());
+    let mut watching = ConditionalLayer::new()
+        .store(store())
+        .revalidate_after(Duration::from_secs(3600))
+        .verify_writes(true)
+        .layer(bare());
+    let mut bare = bare();
+    clock.advance(Duration::from_secs(1));
+    for service in [&mut trusting, &mut watching] {
+        call_now(runtime, service, request(Method::PUT, None));
+    }
+    clock.advance(Duration::from_secs(1));
+    let tags: Vec<String> = [&mut trusting, &mut watching]
+        .into_iter()
+        .map(|service| {
+            let read = call_now(runtime, service, request(Method::GET, None));
+            read.headers()[header::ETAG].to_str().unwrap().to_owned()
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("bypass_304_within_window");
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(call_now(runtime, &mut bare, request(Method::GET, None))))
+    });
+    for (name, service, tag) in [
+        ("trusting", &mut trusting, &tags[0]),
+        ("watching", &mut watching, &tags[1]),
+    ] {
+        let condition = Some((header::IF_NONE_MATCH, tag.as_str()));
+        let res = call_now(runtime, service, request(Method::GET, condition.clone()));
+        assert_eq!(res.status(), 304, "{name} answers from its table");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(call_now(
+                    runtime,
+                    service,
+                    request(Method::GET, condition.clone()),
+                ))
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("bypass_write");
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(call_now(runtime, &mut bare, request(Method::POST, None))))
+    });
+    for (name, service) in [("trusting", &mut trusting), ("verifying", &mut watching)] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(call_now(runtime, service, request(Method::POST, None))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, overhead, bypass_overhead);
 criterion_main!(benches);

@@ -464,7 +464,9 @@ async fn two_layers_on_one_redis_share_the_fingerprint() {
         let layer = ConditionalLayer::new()
             .store(store)
             .revalidate_after(Duration::ZERO);
-        clients.push(HttpClient::new(support::serve(layer.layer(backend.clone())).await));
+        clients.push(HttpClient::new(
+            support::serve(layer.layer(backend.clone())).await,
+        ));
     }
     let (a, b) = (&clients[0], &clients[1]);
     // The first calls may meet the store still connecting (503): bounded retries.
@@ -481,11 +483,15 @@ async fn two_layers_on_one_redis_share_the_fingerprint() {
     let t1 = a.send(Method::GET, DOC, &[], "").await.tag();
 
     backend.write_directly(DOC, "bypass");
-    let seen_by_b = b.send(Method::GET, DOC, &[("if-none-match", &t1)], "").await;
+    let seen_by_b = b
+        .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+        .await;
     assert_eq!(seen_by_b.status, StatusCode::OK);
     assert_eq!(seen_by_b.text(), "bypass");
     assert_ne!(seen_by_b.tag(), t1);
-    let stale_at_a = a.send(Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    let stale_at_a = a
+        .send(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+        .await;
     assert_eq!(stale_at_a.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(backend.doc(DOC), "bypass");
 }
@@ -504,7 +510,10 @@ async fn the_proxy_notices_a_write_made_straight_to_the_backend() {
     ])
     .await;
     let (through, straight) = (HttpClient::new(addr), HttpClient::new(upstream));
-    assert_eq!(through.send(Method::PUT, DOC, &[], "v1").await.status, StatusCode::OK);
+    assert_eq!(
+        through.send(Method::PUT, DOC, &[], "v1").await.status,
+        StatusCode::OK
+    );
     let t1 = through.send(Method::GET, DOC, &[], "").await.tag();
 
     let bypass = straight.send(Method::PUT, DOC, &[], "bypass").await;
@@ -513,7 +522,12 @@ async fn the_proxy_notices_a_write_made_straight_to_the_backend() {
     let stale = through
         .send(Method::PUT, DOC, &[("if-match", &t1)], "stale")
         .await;
-    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.text());
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.text()
+    );
     let fresh = through
         .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
         .await;
