@@ -26,7 +26,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         // The layer's own text, or an inner body the layer read ahead to its end.
-        Own { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Own { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         // An inner body fingerprinted as it streams: what was read ahead, then the rest; at its
         // end, `learn` gets the hash.
         Hashing {
@@ -55,6 +55,7 @@ impl<B> ResponseBody<B> {
     /// An inner body read to its end before the response was sent.
     pub(crate) fn read_ahead(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         let data = (!data.is_empty()).then_some(data);
+        let trailers = trailers.map(Box::new);
         Self {
             kind: Kind::Own { data, trailers },
         }
@@ -90,7 +91,7 @@ where
             KindProj::Own { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|trailers| Frame::trailers(*trailers)))
                     .map(Ok),
             ),
             KindProj::Hashing {
