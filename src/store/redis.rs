@@ -7,6 +7,11 @@
 //! - `tc:v:R`, a hash: the version's counter `c`, date `m`, ambiguity `a`, existence `x`;
 //! - `tc:l:R`, the write lock: a lease (`SET NX PX`) holding a random token, released only by
 //!   its holder (a script compares the token);
+//! - in `tc:v:R`, `w`: the token of a holder that may have forwarded a write. Set with the
+//!   lease, removed by its bump or its release. A holder that dies, or outlives its lease,
+//!   leaves it, and the next holder bumps first: that write's outcome is unknown (invariant 4);
+//! - in `tc:v:R`, `f` and `t`: the fingerprint the backend last served, and when (only when the
+//!   layer watches for writers that bypass it);
 //! - `tc:epoch`: `<id>:<floor>`, made by the first script that finds it missing. A hash of the
 //!   id is part of every ETag and the floor (the Redis time then) dates every resource Redis
 //!   does not know. A Redis restarted empty thus starts a new epoch: tags from before never
@@ -67,6 +72,7 @@ struct Scripts {
     bump: Script,
     learn: Script,
     release: Script,
+    lock: Script,
 }
 
 /// Proof of a held lease on a resource's lock. Dropping it releases the lease (in a task).
@@ -158,6 +164,7 @@ local a2 = 0
 if m2 == m then a2 = 1 end
 redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', ARGV[3])
 redis.call('HDEL', KEYS[2], 'f', 't')
+if redis.call('HGET', KEYS[2], 'w') == ARGV[2] then redis.call('HDEL', KEYS[2], 'w') end
 local held = 0
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3]); held = 1
@@ -175,8 +182,31 @@ return 1
 "#;
 
 // KEYS[1] = lease; ARGV[1] = token.
+// KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = lease in ms. Takes the lease
+// and marks the version "a write may be under way" with the token: a holder that dies (or
+// outlives its lease) after forwarding leaves the mark, and the next holder bumps first, since
+// that write's outcome is unknown. Returns 1 if taken.
+const LOCK: &str = r#"
+if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'w') == 1 then
+  local c, m, a, x = read(KEYS[2])
+  local m2 = math.max(now, m)
+  local a2 = 0
+  if m2 == m then a2 = 1 end
+  redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', 'u')
+  redis.call('HDEL', KEYS[2], 'f', 't')
+end
+redis.call('HSET', KEYS[2], 'w', ARGV[2])
+return 1
+"#;
+
+// KEYS[1] = lease, KEYS[2] = version; ARGV[1] = token. Releases a lease not followed by a
+// write (nothing was forwarded): the mark goes with it.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if redis.call('HGET', KEYS[2], 'w') == ARGV[1] then redis.call('HDEL', KEYS[2], 'w') end
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
 
@@ -207,6 +237,7 @@ impl RedisStore {
                 bump: script(BUMP),
                 learn: script(LEARN),
                 release: Script::new(RELEASE),
+                lock: script(LOCK),
             }),
         })
     }
@@ -302,6 +333,7 @@ impl RedisStore {
             .scripts
             .release
             .key(self.key("l", key))
+            .key(self.key("v", key))
             .arg(token)
             .invoke_async(&mut self.connection.clone())
             .await;
@@ -340,6 +372,13 @@ fn epoch_instance(epoch: &str) -> u64 {
     epoch.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// `now + duration`, or far in the future when that overflows (a huge setting is "never").
+fn after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn random_token() -> String {
@@ -450,29 +489,36 @@ where
         let key = key.as_ref().to_owned();
         async move {
             let lease = self.key("l", &key);
-            let token = random_token();
-            let deadline = Instant::now() + wait;
+            let deadline = after(wait);
             let mut pause = Duration::from_millis(2);
+            // Made before the first `SET`: if this future is dropped, or a `SET` fails, after
+            // Redis took the lease but before its answer arrived, dropping it releases the
+            // lease (by token: a lease someone else holds is left alone).
+            let mut held = RedisLock {
+                store: Some(self.clone()),
+                key,
+                token: random_token(),
+                expires: after(hold),
+            };
             loop {
-                let expires = Instant::now() + hold;
-                let taken: Option<String> = redis::cmd("SET")
-                    .arg(&lease)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(hold.as_millis().max(1) as u64)
-                    .query_async(&mut self.connection.clone())
+                held.expires = after(hold);
+                let taken: i64 = self
+                    .scripts
+                    .lock
+                    .key(self.epoch())
+                    .key(self.key("v", &held.key))
+                    .key(&lease)
+                    .arg(&*self.proposal)
+                    .arg(&held.token)
+                    .arg(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1))
+                    .invoke_async(&mut self.connection.clone())
                     .await
                     .map_err(StoreError::new)?;
-                if taken.is_some() {
-                    return Ok(Some(RedisLock {
-                        store: Some(self.clone()),
-                        key,
-                        token,
-                        expires,
-                    }));
+                if taken == 1 {
+                    return Ok(Some(held));
                 }
                 if Instant::now() >= deadline {
+                    held.store = None; // Redis said it is not ours: nothing to release
                     return Ok(None);
                 }
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
@@ -550,7 +596,9 @@ impl Drop for RedisLock {
                 std::mem::take(&mut self.key),
                 std::mem::take(&mut self.token),
             );
-            tokio::spawn(async move { store.release(&key, &token).await });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { store.release(&key, &token).await });
+            }
         }
     }
 }
