@@ -21,6 +21,11 @@
 //! Versions live in a [`store::VersionStore`]: [`store::MemoryStore`] in the process by default,
 //! or, with the `redis` feature, `store::RedisStore`, shared by several proxies.
 //!
+//! The layer assumes by default that every write goes through it. When other programs write to
+//! the backend too, [`ConditionalLayer::revalidate_after`], [`ConditionalLayer::verify_writes`]
+//! and [`ConditionalLayer::forward_validators`] make it notice them, from a fingerprint of what
+//! the backend serves (its `ETag`, its `Last-Modified`, or a hash of the body).
+//!
 //! Dates have one-second resolution. A date shared by two versions written in the same second
 //! is never accepted as a validator; once the clock has moved on, the current version is
 //! re-dated to a second of its own (its ETag stays). A resource the layer has not seen since it
