@@ -273,6 +273,8 @@ where
     K: tower_conditional::ExtractKey,
     St: VersionStore<K::Key>,
 {
+    // Before the address is printed: from then on a signal means "drain and exit".
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(cli.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let limits = Limits {
@@ -282,7 +284,7 @@ where
         h2_keep_alive: cli.h2_keep_alive,
         shutdown_timeout: cli.shutdown_timeout,
     };
-    conn::serve(listener, proxy, limits, shutdown_signal()).await;
+    conn::serve(listener, proxy, limits, shutdown).await;
     println!(
         "stats {}",
         stats.json(tracked.tracked_resources()).trim_end()
@@ -422,18 +424,28 @@ where
     res.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing the address, or a signal sent as soon as
+/// the proxy is up (while `serve` has not yet polled it) kills the process with its default
+/// action, cutting off requests already forwarded.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    {
+        let mut interrupt = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            interrupt.recv().await;
+        })
+    }
 }
