@@ -798,3 +798,150 @@ async fn upstream_connections_stay_under_the_bound_with_ten_times_two_hundred_h2
         tokio::task::yield_now().await;
     }
 }
+
+// ===== 9. Forwarded injection without Host =====
+
+/// The last value of `name` in an echoed request (`name: value` lines).
+fn echoed<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}: ");
+    answer.lines().rev().find_map(|l| l.strip_prefix(&prefix))
+}
+
+#[tokio::test]
+async fn the_proxy_always_adds_the_nearest_forwarded_element() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&["--upstream", &upstream_arg(upstream)]).await;
+    let forged = "forwarded: for=6.6.6.6;proto=https\r\nx-forwarded-for: 6.6.6.6\r\n\
+                  x-forwarded-host: trusted.example\r\nx-forwarded-proto: https\r\n\
+                  x-forwarded-port: 443\r\nx-real-ip: 6.6.6.6\r\n";
+
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+    let answer = raw(
+        addr,
+        &format!("GET /echo HTTP/1.1\r\n{ECHO}: 1\r\n{forged}connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status(&answer), 400, "{answer}");
+
+    for (request, host) in [
+        // HTTP/1.0 may omit Host: the element has no host=.
+        (
+            format!("GET /echo HTTP/1.0\r\n{ECHO}: 1\r\n{forged}\r\n"),
+            None,
+        ),
+        // `Connection` may not strip Host or the forwarding fields.
+        (
+            format!(
+                "GET /echo HTTP/1.1\r\nhost: storage.example\r\n{ECHO}: 1\r\n{forged}\
+                 connection: host, forwarded, x-forwarded-for, close\r\n\r\n"
+            ),
+            Some("storage.example"),
+        ),
+    ] {
+        let answer = raw(addr, &request).await;
+        assert_eq!(status(&answer), 200, "{request:?}: {answer}");
+        let forwarded = echoed(&answer, "forwarded").expect("a Forwarded upstream");
+        let nearest = forwarded_elements(forwarded).pop().unwrap();
+        let expected = match host {
+            Some(host) => format!("for=127.0.0.1;proto=http;host=\"{host}\""),
+            None => "for=127.0.0.1;proto=http".to_owned(),
+        };
+        assert_eq!(nearest.trim(), expected, "{request:?}: {forwarded}");
+        let xff = echoed(&answer, "x-forwarded-for").expect("an X-Forwarded-For upstream");
+        assert_eq!(xff.rsplit(',').next().unwrap().trim(), "127.0.0.1", "{xff}");
+        if let Some(host) = host {
+            assert_eq!(echoed(&answer, "host"), Some(host), "{answer}");
+        }
+        for stripped in [
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-real-ip",
+        ] {
+            assert_eq!(echoed(&answer, stripped), None, "{stripped}: {answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_that_is_not_a_list_is_replaced_not_appended_to() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&["--upstream", &upstream_arg(upstream)]).await;
+    let ours = "for=127.0.0.1;proto=http;host=\"proxy\"";
+    for (sent, expected) in [
+        // An open quote would make our element part of the client's value.
+        (r#"for="6.6.6.6"#.to_owned(), ours.to_owned()),
+        (r#"for=6.6.6.6;host="a\""#.to_owned(), ours.to_owned()),
+        ("for=6.6.6.6;by".to_owned(), ours.to_owned()),
+        ("for=6.6.6.6 x".to_owned(), ours.to_owned()),
+        // A valid list is kept, with ours after it.
+        (
+            r#"for=192.0.2.43;by="[2001:db8::1]:80", for=unknown"#.to_owned(),
+            format!(r#"for=192.0.2.43;by="[2001:db8::1]:80", for=unknown, {ours}"#),
+        ),
+    ] {
+        let answer = raw(
+            addr,
+            &format!(
+                "GET /echo HTTP/1.1\r\nhost: proxy\r\n{ECHO}: 1\r\nforwarded: {sent}\r\n\
+                 connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status(&answer), 200, "{sent}: {answer}");
+        assert_eq!(
+            echoed(&answer, "forwarded"),
+            Some(expected.as_str()),
+            "{sent}"
+        );
+    }
+}
+
+// ===== 10. Targets mixing percent-encodings and multi-byte characters =====
+
+#[tokio::test]
+async fn targets_mixing_percent_encodings_and_utf8_get_a_clean_answer() {
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    // Every decoding path: the target checks, the case fold and the query key.
+    let (_proxy, addr) = start_proxy(&[
+        "--upstream",
+        &upstream_arg(upstream),
+        "--key-fold",
+        "case,slashes,trailing-slash,decoded-slash",
+        "--key-query",
+    ])
+    .await;
+    for (target, expected) in [
+        ("/%41é", 404),
+        ("/%é", 400),
+        ("/a?%41é", 404),
+        ("/%41é/%2e%2e%2Fé", 400),
+        ("/é%41%C3%A9/?q=%41é%", 404),
+        ("/%4é", 400),
+    ] {
+        let answer = raw(
+            addr,
+            &format!("GET {target} HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(!answer.is_empty(), "{target}: the connection was cut");
+        assert_eq!(status(&answer), expected, "{target}: {answer}");
+    }
+    // Written under one spelling, read under the other: one resource.
+    let put = raw(
+        addr,
+        "PUT /%C3%A9t%C3%A9 HTTP/1.1\r\nhost: proxy\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(status(&put), 200, "{put}");
+    let get = raw(
+        addr,
+        "GET /été HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&get), 200, "{get}");
+    assert!(get.ends_with("hi"), "{get}");
+}
