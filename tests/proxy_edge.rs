@@ -945,3 +945,67 @@ async fn targets_mixing_percent_encodings_and_utf8_get_a_clean_answer() {
     assert_eq!(status(&get), 200, "{get}");
     assert!(get.ends_with("hi"), "{get}");
 }
+
+// ===== 11. Budget for bodies of unknown or no length =====
+
+#[tokio::test]
+async fn bodiless_and_chunked_writes_take_only_the_budget_they_use() {
+    const KIB: usize = 1024;
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let (_proxy, addr) = start_proxy(&[
+        "--upstream",
+        &upstream_arg(upstream),
+        "--max-buffered-bytes",
+        &(64 * KIB).to_string(),
+    ])
+    .await;
+    let held = |request: String| tokio::spawn(async move { raw(addr, &request).await });
+    let chunked = |path: &str, size: usize| {
+        format!(
+            "PUT {path} HTTP/1.1\r\nhost: proxy\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\n{size:x}\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(size)
+        )
+    };
+
+    // A bodiless DELETE held at the backend reserves nothing (it used to reserve all of
+    // --max-body, here the whole budget).
+    let delete = held(format!(
+        "DELETE /held HTTP/1.1\r\nhost: proxy\r\n{}: 1\r\nconnection: close\r\n\r\n",
+        support::HOLD
+    ));
+    backend.arrived().await;
+    for request in [
+        "DELETE /other HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n".to_owned(),
+        chunked("/small", 8 * KIB),
+    ] {
+        let answer = raw(addr, &request).await;
+        assert_ne!(status(&answer), 503, "{answer}");
+    }
+
+    // A chunked body gets room as it arrives: more than is left is refused.
+    let big = held(format!(
+        "PUT /big HTTP/1.1\r\nhost: proxy\r\ncontent-length: {}\r\n{}: 1\r\n\
+         connection: close\r\n\r\n{}",
+        48 * KIB,
+        support::HOLD,
+        "x".repeat(48 * KIB)
+    ));
+    backend.arrived().await;
+    let answer = raw(addr, &chunked("/too-big", 32 * KIB)).await;
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert_eq!(raw_header(&answer, "retry-after"), Some("1"), "{answer}");
+    let answer = raw(addr, &chunked("/fits", 8 * KIB)).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+
+    backend.release();
+    backend.release();
+    for request in [delete, big] {
+        let answer = tokio::time::timeout(DEADLINE, request)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(status(&answer), 200 | 204 | 404), "{answer}");
+    }
+}

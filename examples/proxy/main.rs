@@ -43,7 +43,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{
     conn::Limits,
     forward::{Forward, RequestBody, Upstream},
-    limits::{BodyBudget, TimedBody},
+    limits::{BodyBudget, Budgeted, TimedBody},
     stats::{ObserveLayer, Stats},
     target::{Fold, ResourceKey},
 };
@@ -343,7 +343,7 @@ where
                     return Ok(boxed(page));
                 }
             }
-            let _reserved = match budget.reserve(&req) {
+            let reserved = match budget.reserve(&req) {
                 Ok(reserved) => reserved,
                 Err(refused) => {
                     stats.budget_refused();
@@ -353,6 +353,7 @@ where
             // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
             let (parts, body) = req.into_parts();
             let (body, timed_out) = TimedBody::new(body, body_timeout);
+            let body = Budgeted::new(body, reserved.clone());
             let req: Request<RequestBody> = Request::from_parts(parts, RequestBody::new(body));
             // A dropped request future never abandons a forwarded write: the layer runs those
             // to their end in tasks of their own.
@@ -360,6 +361,12 @@ where
             if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
                 stats.slow_upload();
                 return Ok(boxed(limits::body_timed_out().into_response()));
+            }
+            if reserved.refused() {
+                stats.budget_refused();
+                // The rest of the body is not read: the connection cannot be reused.
+                let refused = limits::budget_spent().with(header::CONNECTION, "close");
+                return Ok(boxed(refused.into_response()));
             }
             match res {
                 Ok(res) => res,
