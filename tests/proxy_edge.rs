@@ -1,6 +1,8 @@
 //! The proxy binary at the edge (issue 15): targets and hosts an attacker chooses, backends that
 //! name one resource two ways, and clients that try to exhaust connections, memory or the
-//! upstream. One test per way data was lost, forged or exhausted.
+//! upstream. One test per way data was lost, forged or exhausted. Linux only: they read
+//! `/proc` and run the proxy under util-linux's `prlimit`.
+#![cfg(target_os = "linux")]
 
 mod support;
 
@@ -30,6 +32,8 @@ use tokio::{
 
 /// How long any one wait in these tests may take before it counts as a hang.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How often a condition is polled while waiting for it.
+const POLL: Duration = Duration::from_millis(10);
 
 /// Sends `request` on a new connection and returns what came back before the proxy closed it.
 async fn raw(addr: SocketAddr, request: &str) -> String {
@@ -434,7 +438,7 @@ async fn with_a_low_fd_limit_the_proxy_neither_spins_nor_floods_its_log_and_reco
                 Instant::now() < deadline,
                 "the proxy never reported the limit"
             );
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
         let (cpu_before, log_before) = (cpu_ticks(pid), logged.load(Ordering::Relaxed));
         let window = Duration::from_secs(2);
@@ -456,6 +460,7 @@ async fn with_a_low_fd_limit_the_proxy_neither_spins_nor_floods_its_log_and_reco
                 break;
             }
             assert!(Instant::now() < deadline, "{bound:?}: not serving again");
+            tokio::time::sleep(POLL).await;
         }
     }
 }
@@ -477,21 +482,28 @@ async fn idle_half_sent_and_finished_connections_are_closed_after_the_timeouts()
         "1",
     ])
     .await;
+    // Each timeout is 1 s: a close well before it is a bug too. Wide tolerance for timers
+    // and a loaded machine.
+    let too_soon = Duration::from_millis(700);
     let closed = |sent: &'static str, answers: bool| async move {
+        let opened = Instant::now();
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(sent.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
             .await
             .unwrap_or_else(|_| panic!("{sent:?}: the connection stayed open"));
+        let lived = opened.elapsed();
         let answer = String::from_utf8_lossy(&answer);
         assert_eq!(
             answer.starts_with("HTTP/1.1 404"),
             answers,
             "{sent:?}: {answer}"
         );
+        assert!(lived >= too_soon, "{sent:?}: closed after {lived:?}");
     };
     let http2_idle = async {
+        let opened = Instant::now();
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -504,9 +516,15 @@ async fn idle_half_sent_and_finished_connections_are_closed_after_the_timeouts()
         let res = sender.send_request(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
         drop(res);
+        let answered = Instant::now();
         let _ = tokio::time::timeout(DEADLINE, connection)
             .await
             .expect("the idle HTTP/2 connection stayed open");
+        let (lived, idle) = (opened.elapsed(), answered.elapsed());
+        assert!(
+            idle >= too_soon,
+            "HTTP/2: closed {idle:?} after its last answer ({lived:?} in all)"
+        );
     };
     tokio::join!(
         closed("", false),
@@ -540,6 +558,22 @@ fn unread_on(port: u16) -> u64 {
             let local_port = u16::from_str_radix(fields[1].rsplit(':').next()?, 16).ok()?;
             let rx = u64::from_str_radix(fields[4].rsplit(':').next()?, 16).ok()?;
             (local_port == port).then_some(rx)
+        })
+        .sum()
+}
+
+/// Bytes sent to `port` that the kernel has not delivered yet: the send queues of the sockets
+/// whose remote port is `port` (`/proc/net/tcp`).
+fn unsent_to(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok()?;
+            let tx = u64::from_str_radix(fields[4].split(':').next()?, 16).ok()?;
+            (remote_port == port).then_some(tx)
         })
         .sum()
 }
@@ -618,11 +652,12 @@ async fn stalled_uploads_stay_within_the_buffered_bytes_budget() {
             }
         }
     }
-    // Every byte sent has been read by the proxy: what it buffers is in its memory now.
+    // Every byte sent has been delivered and read by the proxy: what it buffers is in its
+    // memory now.
     let deadline = Instant::now() + DEADLINE;
-    while unread_on(addr.port()) > 0 {
+    while unsent_to(addr.port()) > 0 || unread_on(addr.port()) > 0 {
         assert!(Instant::now() < deadline, "the proxy stopped reading");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(POLL).await;
     }
     let grown = rss(pid).saturating_sub(baseline);
     // The margin: hyper's read buffers (up to ~400 KiB per connection, 40 connections) and
@@ -766,7 +801,7 @@ async fn upstream_connections_stay_under_the_bound_with_ten_times_two_hundred_h2
             Instant::now() < deadline,
             "requests neither answered nor forwarded"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(POLL).await;
     }
     upstream
         .gate
@@ -795,7 +830,7 @@ async fn upstream_connections_stay_under_the_bound_with_ten_times_two_hundred_h2
             Instant::now() < deadline,
             "idle upstream connections beyond the bound"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
