@@ -65,6 +65,9 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            // Shutdown first: a flood of connections must not delay it.
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
                     backoff = BACKOFF_MIN;
@@ -85,7 +88,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         match slots.clone().try_acquire_owned() {

@@ -117,27 +117,35 @@ impl Forward {
         *req.uri_mut() = self.upstream_uri(req.uri());
         *req.version_mut() = Version::HTTP_11; // whatever the client spoke, upstream is HTTP/1.1
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        // Taken before anything is stripped (`strip_hop_by_hop` keeps it anyway).
         let host = headers.get(header::HOST).cloned();
-        match (self.upstream.rewrite_host, host) {
-            (false, Some(host)) => {
+        strip_hop_by_hop(headers);
+        // Only this proxy says what the client's host, scheme, port and address were.
+        for name in [
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-real-ip",
+        ] {
+            headers.remove(name);
+        }
+        match (&host, self.upstream.rewrite_host) {
+            (Some(host), false) => {
                 headers.insert(header::HOST, host.clone());
-                if let Some(client) = client {
-                    add_forwarded(headers, client, &host);
-                }
             }
-            (_, host) => {
+            _ => {
                 headers.remove(header::HOST); // the client sets it from the upstream URI
-                if let (Some(client), Some(host)) = (client, host) {
-                    add_forwarded(headers, client, &host);
-                }
             }
         }
+        // Always, Host or not: otherwise what the client wrote would be the nearest element.
+        add_forwarded(headers, client, host.as_ref());
         append(headers, header::VIA, via(version));
     }
 }
 
-/// RFC 9110 §7.6.1: the fields a proxy must not forward, and those `Connection` names.
+/// RFC 9110 §7.6.1: the fields a proxy must not forward, and those `Connection` names, except
+/// the ones the proxy's forwarding information is built on (`Connection: host` must not make
+/// the proxy forget the host, nor `Connection: forwarded` drop the earlier proxies' elements).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -145,6 +153,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !matches!(name.as_str(), "host" | "forwarded" | "x-forwarded-for"))
         .collect();
     for name in named {
         headers.remove(name);
@@ -172,22 +181,116 @@ fn via(version: Version) -> HeaderValue {
     })
 }
 
-/// `X-Forwarded-For` and RFC 7239 `Forwarded`, appended to what earlier proxies sent.
-fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: &HeaderValue) {
-    let ip = client.ip();
-    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-        append(headers, HeaderName::from_static("x-forwarded-for"), value);
-    }
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+/// `X-Forwarded-For` and RFC 7239 `Forwarded`, appended to what earlier proxies sent: an
+/// element `for=<client>;proto=http`, with `;host=` when the request named one. A `Forwarded`
+/// that does not parse as a list of elements (an open quote could swallow ours) is replaced.
+fn add_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, host: Option<&HeaderValue>) {
+    let node = match client.map(|c| c.ip()) {
+        Some(ip) => {
+            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+                append(headers, HeaderName::from_static("x-forwarded-for"), value);
+            }
+            match ip {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            }
+        }
+        None => "unknown".to_owned(), // RFC 7239 §6.3
     };
-    // RFC 7239 §4: a quoted-string, so nothing in `Host` can end the element or start another.
-    let host = quoted_string(host.to_str().unwrap_or(""));
-    let forwarded = format!("for={node};proto=http;host={host}");
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = host {
+        // RFC 7239 §4: a quoted-string, so nothing in `Host` can end the element or start another.
+        forwarded.push_str(";host=");
+        forwarded.push_str(&quoted_string(host.to_str().unwrap_or("")));
+    }
+    let earlier = joined(headers, &header::FORWARDED);
+    if !earlier.as_deref().is_none_or(is_forwarded_list) {
+        tracing::debug!(forwarded = ?earlier, "replacing a Forwarded that is not a list of elements");
+        headers.remove(header::FORWARDED);
+    }
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         append(headers, header::FORWARDED, value);
     }
+}
+
+/// Whether `value` is an RFC 7239 §4 `Forwarded` list: elements separated by commas, each of
+/// `token=value` pairs separated by semicolons, each value a token or a quoted-string (optional
+/// whitespace around the separators tolerated).
+fn is_forwarded_list(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    let skip_ows = |i: &mut usize| {
+        while bytes.get(*i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while bytes.get(*i).copied().is_some_and(is_tchar) {
+            *i += 1;
+        }
+        *i > start
+    };
+    loop {
+        skip_ows(&mut i);
+        // forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] )
+        loop {
+            if bytes.get(i).copied().is_some_and(is_tchar) {
+                token(&mut i);
+                if bytes.get(i) != Some(&b'=') {
+                    return false;
+                }
+                i += 1;
+                if bytes.get(i) == Some(&b'"') {
+                    i += 1;
+                    loop {
+                        match bytes.get(i) {
+                            None => return false,
+                            Some(b'"') => break,
+                            Some(b'\\') if bytes.get(i + 1).is_some_and(|b| !is_ctl(*b)) => i += 2,
+                            Some(b) if !is_ctl(*b) || *b == b'\t' => i += 1,
+                            Some(_) => return false,
+                        }
+                    }
+                    i += 1;
+                } else if !token(&mut i) {
+                    return false;
+                }
+            }
+            skip_ows(&mut i);
+            if bytes.get(i) != Some(&b';') {
+                break;
+            }
+            i += 1;
+            skip_ows(&mut i);
+        }
+        match bytes.get(i) {
+            None => return true,
+            Some(b',') => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_ctl(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// Every value of a list field, joined with `, ` (empty and non-text ones left out).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// RFC 9110 §5.6.4 `quoted-string`: `"` and `\\` escaped, anything outside `qdtext` dropped.
@@ -207,11 +310,9 @@ fn quoted_string(value: &str) -> String {
     quoted
 }
 
-/// Appends `value` to a comma-separated list field.
+/// Appends `value` to a comma-separated list field, as one line after all earlier ones.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    let joined = headers
-        .get(&name)
-        .and_then(|old| old.to_str().ok())
+    let joined = joined(headers, &name)
         .and_then(|old| HeaderValue::from_str(&format!("{old}, {}", value.to_str().ok()?)).ok());
     headers.insert(name, joined.unwrap_or(value));
 }
@@ -267,12 +368,12 @@ impl Service<Request<RequestBody>> for Forward {
 }
 
 /// An answer the proxy gives itself instead of forwarding: a status, a short plain-text body
-/// and at most one more header (`Allow`, `Retry-After`).
+/// and a few more headers (`Allow`, `Retry-After`, `Connection`).
 #[derive(Debug)]
 pub struct OwnAnswer {
     status: StatusCode,
     body: &'static str,
-    header: Option<(HeaderName, &'static str)>,
+    headers: Vec<(HeaderName, &'static str)>,
 }
 
 impl OwnAnswer {
@@ -280,18 +381,18 @@ impl OwnAnswer {
         Self {
             status,
             body,
-            header: None,
+            headers: Vec::new(),
         }
     }
 
     pub fn with(mut self, name: HeaderName, value: &'static str) -> Self {
-        self.header = Some((name, value));
+        self.headers.push((name, value));
         self
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut res = text(self.status, self.body);
-        if let Some((name, value)) = self.header {
+        for (name, value) in self.headers {
             res.headers_mut()
                 .insert(name, HeaderValue::from_static(value));
         }

@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Duration,
@@ -43,34 +43,138 @@ impl BodyBudget {
         }
     }
 
-    /// Reserves the bytes a write's body may take before a byte of it is read: its
-    /// `Content-Length`, or `--max-body` when it has none. A body over `--max-body` is refused
-    /// by the layer unread, so it needs none. Without room: `503` with `Retry-After`.
-    pub fn reserve<B>(&self, req: &Request<B>) -> Result<Option<OwnedSemaphorePermit>, OwnAnswer> {
+    /// Reserves the bytes a write's body may take, before a byte of it is read when its length
+    /// is known: `Content-Length` (HTTP/1.1 or HTTP/2), nothing for a body known to be empty
+    /// (a bodiless `DELETE`). A body over `--max-body` is refused by the layer unread, so it
+    /// needs none. A body of unknown length (chunked, or HTTP/2 without `content-length`) gets
+    /// room as its frames arrive ([`Budgeted`]), at most `--max-body`. Without room: `503`
+    /// with `Retry-After`.
+    pub fn reserve<B: Body>(&self, req: &Request<B>) -> Result<Arc<Reservation>, OwnAnswer> {
         let buffered = matches!(
             *req.method(),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
-        if !buffered {
-            return Ok(None);
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let bytes = match declared {
-            Some(length) if length > self.max_body as u64 => return Ok(None),
-            Some(length) => length as usize,
-            None => self.max_body,
+        let body = req.body();
+        let exact = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().exact()
         };
-        let bytes = u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX);
-        match self.permits.clone().try_acquire_many_owned(bytes) {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => Err(
-                OwnAnswer::new(StatusCode::SERVICE_UNAVAILABLE, BUDGET_SPENT)
-                    .with(header::RETRY_AFTER, "1"),
-            ),
+        let (upfront, grows) = match exact {
+            _ if !buffered => (0, false),
+            Some(length) if length > self.max_body as u64 => (0, false),
+            Some(length) => (usize::try_from(length).unwrap_or(usize::MAX), false),
+            None => (0, true),
+        };
+        let reservation = Reservation {
+            permits: self.permits.clone(),
+            held: Mutex::new(None),
+            total: self.total,
+            room: if grows { self.max_body } else { 0 },
+            refused: AtomicBool::new(false),
+        };
+        if upfront > 0 && !reservation.grow(upfront) {
+            return Err(budget_spent());
         }
+        Ok(Arc::new(reservation))
+    }
+}
+
+/// The answer when the budget has no room for a body.
+pub fn budget_spent() -> OwnAnswer {
+    OwnAnswer::new(StatusCode::SERVICE_UNAVAILABLE, BUDGET_SPENT).with(header::RETRY_AFTER, "1")
+}
+
+/// The budget one request holds, until dropped (after its response: the layer keeps the
+/// buffered body until then).
+pub struct Reservation {
+    permits: Arc<Semaphore>,
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The whole budget: no one body needs more (it would never get it).
+    total: usize,
+    /// Bytes it may hold at most as frames arrive.
+    room: usize,
+    refused: AtomicBool,
+}
+
+impl Reservation {
+    /// Takes `bytes` more from the budget, or nothing if there is not that much room.
+    fn grow(&self, bytes: usize) -> bool {
+        let bytes = u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.permits.clone().try_acquire_many_owned(bytes) else {
+            return false;
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut() {
+            Some(held) => held.merge(permit),
+            None => *held = Some(permit),
+        }
+        true
+    }
+
+    fn held(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Whether a frame of the body found no room: the answer is then `503`.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body of unknown length that takes room in the budget for each frame as it
+    /// arrives (up to `--max-body`, past which the layer refuses it anyway), and fails when
+    /// there is none.
+    pub struct Budgeted<B> {
+        #[pin]
+        inner: B,
+        reservation: Arc<Reservation>,
+    }
+}
+
+impl<B> Budgeted<B> {
+    pub fn new(inner: B, reservation: Arc<Reservation>) -> Self {
+        Self { inner, reservation }
+    }
+}
+
+impl<B> Body for Budgeted<B>
+where
+    B: Body<Data = Bytes, Error = BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let reservation = &**this.reservation;
+            let wanted = data.map_or(0, Bytes::len);
+            let room = reservation.room.saturating_sub(reservation.held());
+            let wanted = wanted.min(room);
+            if wanted > 0 && !reservation.grow(wanted) {
+                reservation.refused.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(BodyError::BudgetSpent)));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -89,6 +193,7 @@ pub fn body_timed_out() -> OwnAnswer {
 pub enum BodyError {
     Read(hyper::Error),
     TimedOut,
+    BudgetSpent,
 }
 
 impl std::fmt::Display for BodyError {
@@ -96,6 +201,7 @@ impl std::fmt::Display for BodyError {
         match self {
             BodyError::Read(err) => write!(f, "reading the request body: {err}"),
             BodyError::TimedOut => f.write_str("the request body did not arrive in time"),
+            BodyError::BudgetSpent => f.write_str("no room left in --max-buffered-bytes"),
         }
     }
 }
@@ -104,7 +210,7 @@ impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BodyError::Read(err) => Some(err),
-            BodyError::TimedOut => None,
+            BodyError::TimedOut | BodyError::BudgetSpent => None,
         }
     }
 }

@@ -43,7 +43,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{
     conn::Limits,
     forward::{Forward, RequestBody, Upstream},
-    limits::{BodyBudget, TimedBody},
+    limits::{BodyBudget, Budgeted, TimedBody},
     stats::{ObserveLayer, Stats},
     target::{Fold, ResourceKey},
 };
@@ -292,6 +292,8 @@ where
     K: tower_conditional::ExtractKey,
     St: VersionStore<K::Key>,
 {
+    // Before the address is printed: from then on a signal means "drain and exit".
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(cli.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let limits = Limits {
@@ -301,7 +303,7 @@ where
         h2_keep_alive: cli.h2_keep_alive,
         shutdown_timeout: cli.shutdown_timeout,
     };
-    conn::serve(listener, proxy, limits, shutdown_signal()).await;
+    conn::serve(listener, proxy, limits, shutdown).await;
     println!(
         "stats {}",
         stats.json(tracked.tracked_resources()).trim_end()
@@ -360,7 +362,7 @@ where
                     return Ok(boxed(page));
                 }
             }
-            let _reserved = match budget.reserve(&req) {
+            let reserved = match budget.reserve(&req) {
                 Ok(reserved) => reserved,
                 Err(refused) => {
                     stats.budget_refused();
@@ -370,6 +372,7 @@ where
             // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
             let (parts, body) = req.into_parts();
             let (body, timed_out) = TimedBody::new(body, body_timeout);
+            let body = Budgeted::new(body, reserved.clone());
             let req: Request<RequestBody> = Request::from_parts(parts, RequestBody::new(body));
             // A dropped request future never abandons a forwarded write: the layer runs those
             // to their end in tasks of their own.
@@ -377,6 +380,12 @@ where
             if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
                 stats.slow_upload();
                 return Ok(boxed(limits::body_timed_out().into_response()));
+            }
+            if reserved.refused() {
+                stats.budget_refused();
+                // The rest of the body is not read: the connection cannot be reused.
+                let refused = limits::budget_spent().with(header::CONNECTION, "close");
+                return Ok(boxed(refused.into_response()));
             }
             match res {
                 Ok(res) => res,
@@ -441,18 +450,28 @@ where
     res.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing the address, or a signal sent as soon as
+/// the proxy is up (while `serve` has not yet polled it) kills the process with its default
+/// action, cutting off requests already forwarded.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    {
+        let mut interrupt = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            interrupt.recv().await;
+        })
+    }
 }

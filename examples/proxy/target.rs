@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use clap::ValueEnum;
 use http::{
     header, request::Parts, uri::PathAndQuery, HeaderValue, Method, Request, StatusCode, Uri,
+    Version,
 };
 use tower_conditional::{key::normalize_path, ExtractKey};
 
@@ -22,27 +23,36 @@ use crate::forward::OwnAnswer;
 ///   names no resource of the backend.
 /// - A `%` not followed by two hex digits, or a `.`/`..` segment hidden behind an encoded
 ///   slash (`..%2F`, `..%5C`), which a backend that decodes them would resolve: `400`.
-/// - More than one `Host`, or one that is not `host[:port]`: `400`.
+/// - More than one `Host`, or one that is not `host[:port]`, or none on HTTP/1.1 (RFC 9112
+///   §3.2): `400`.
+///
+/// Raw non-ASCII bytes in the target (which RFC 9112 does not allow but clients send) are
+/// percent-encoded first, as RFC 3987 §3.1 maps an IRI to a URI: `/é` is forwarded, and keyed,
+/// as `/%C3%A9`.
 pub fn admit<B>(req: &mut Request<B>) -> Result<(), OwnAnswer> {
     if req.method() == Method::CONNECT {
         let refused = OwnAnswer::new(StatusCode::METHOD_NOT_ALLOWED, CONNECT_REFUSED);
         return Err(refused.with(header::ALLOW, ALLOW));
     }
     let uri = req.uri();
-    if uri.path() == "*" && uri.scheme().is_none() {
+    let (path, query) = (
+        encode_non_ascii(uri.path()),
+        uri.query().map(encode_non_ascii),
+    );
+    if path == "*" && uri.scheme().is_none() {
         if req.method() == Method::OPTIONS {
             return Err(OwnAnswer::new(StatusCode::OK, "").with(header::ALLOW, ALLOW));
         }
         return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, ASTERISK_REFUSED));
     }
-    if !uri.path().starts_with('/') {
+    if !path.starts_with('/') {
         return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, NO_PATH));
     }
-    if !valid_percent_encoding(uri.path()) || hides_dot_segment(uri.path()) {
+    if !valid_percent_encoding(&path) || hides_dot_segment(&path) {
         return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_PATH));
     }
-    let path = normalize_path(uri.path());
-    let origin_form = match uri.query() {
+    let path = normalize_path(&path);
+    let origin_form = match query {
         Some(query) => format!("{path}?{query}"),
         None => path.into_owned(),
     };
@@ -52,6 +62,7 @@ pub fn admit<B>(req: &mut Request<B>) -> Result<(), OwnAnswer> {
     // RFC 9112 §3.2.2 (and RFC 9113 §8.3.1 for `:authority`): the target's authority, when it
     // has one, replaces `Host`.
     let authority = uri.authority().map(|a| a.as_str().to_owned());
+    let version = req.version();
     *req.uri_mut() = Uri::from(origin_form);
     let headers = req.headers_mut();
     if let Some(authority) = authority {
@@ -66,6 +77,9 @@ pub fn admit<B>(req: &mut Request<B>) -> Result<(), OwnAnswer> {
             Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_HOST))
         }
         (Some(_), Some(_)) => Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_HOST)),
+        (None, _) if version == Version::HTTP_11 => {
+            Err(OwnAnswer::new(StatusCode::BAD_REQUEST, NO_HOST))
+        }
         _ => Ok(()),
     }
 }
@@ -78,6 +92,7 @@ absolute URL.\n";
 const BAD_PATH: &str = "400 Bad Request: the path has an invalid percent-encoding or a dot \
 segment behind an encoded slash.\n";
 const BAD_HOST: &str = "400 Bad Request: Host must be one host[:port].\n";
+const NO_HOST: &str = "400 Bad Request: an HTTP/1.1 request must carry a Host.\n";
 
 /// RFC 3986 §2.1: every `%` starts `%XX`.
 fn valid_percent_encoding(path: &str) -> bool {
@@ -93,41 +108,63 @@ fn valid_percent_encoding(path: &str) -> bool {
 /// `normalize_path` removes the plain ones; a backend that decodes `%2F` (or treats `\` as `/`)
 /// would resolve the hidden ones, outside what the key and the prefix assume.
 fn hides_dot_segment(path: &str) -> bool {
-    let decoded = percent_decode_ascii(path);
-    decoded
-        .split(['/', '\\'])
-        .any(|segment| segment == "." || segment == "..")
+    percent_decode(path, |_| true)
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|segment| segment == b"." || segment == b"..")
 }
 
-/// `%XX` decoded where it encodes an ASCII character; other bytes kept as they are.
-fn percent_decode_ascii(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') {
-        return Cow::Borrowed(path);
+/// Raw bytes outside ASCII percent-encoded (RFC 3987 §3.1), ASCII kept as it is.
+fn encode_non_ascii(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() {
+        return Cow::Borrowed(s);
     }
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(byte) = hex_byte(bytes.get(i + 1..i + 3)) {
-                if byte.is_ascii() {
-                    out.push(char::from(byte));
-                    i += 3;
-                    continue;
-                }
-            }
+    let mut out = String::with_capacity(s.len() * 3);
+    for &b in s.as_bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
-        let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
-        out.push_str(&path[i..next]);
-        i = next;
     }
     Cow::Owned(out)
 }
 
-/// The byte `XX` of a `%XX` (both hex digits; `from_str_radix` alone would take `+1`).
-fn hex_byte(pair: Option<&[u8]>) -> Option<u8> {
-    let pair = pair.filter(|p| p.iter().all(u8::is_ascii_hexdigit))?;
-    u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()
+/// The proxy's one percent-decoding helper: the bytes of `s` with each `%XX` (two hex digits)
+/// decoded where `decode` says so, and kept encoded, its hex digits upper-cased (RFC 3986
+/// §6.2.2.1), where not; anything else copied. It works on bytes, so no input, however it
+/// mixes `%` and multi-byte characters, can make it split a character.
+fn percent_decode(s: &str, decode: impl Fn(u8) -> bool) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let encoded = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex_digit(*high).zip(hex_digit(*low)),
+            _ => None,
+        };
+        match encoded {
+            Some((high, low)) => {
+                let byte = high << 4 | low;
+                if decode(byte) {
+                    out.push(byte);
+                } else {
+                    out.extend_from_slice(format!("%{byte:02X}").as_bytes());
+                }
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// RFC 9110 §7.2 `Host = uri-host [ ":" port ]`, with the host a DNS name, an IPv4 address or
@@ -229,22 +266,7 @@ impl ExtractKey for ResourceKey {
 
 /// Lower case, with percent-encoded UTF-8 decoded first so `%C3%89` folds like `É`.
 fn lowercase(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match hex_byte(bytes.get(i + 1..i + 3)) {
-            Some(byte) if bytes[i] == b'%' && !byte.is_ascii() => {
-                decoded.push(byte);
-                i += 3;
-            }
-            _ => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    match String::from_utf8(decoded) {
+    match String::from_utf8(percent_decode(path, |b| !b.is_ascii())) {
         Ok(decoded) => decoded.to_lowercase(),
         Err(_) => path.to_ascii_lowercase(),
     }
@@ -253,27 +275,10 @@ fn lowercase(path: &str) -> String {
 /// RFC 3986 §6.2.2.1–2 for a query: `%XX` of an unreserved character decoded, other hex digits
 /// upper-cased. Nothing else: `+` and `%20` stay apart, as backends tell them apart.
 fn normalize_query(query: &str) -> String {
-    let bytes = query.as_bytes();
-    let mut out = String::with_capacity(query.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match hex_byte(bytes.get(i + 1..i + 3)) {
-            Some(byte) if bytes[i] == b'%' => {
-                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(byte));
-                } else {
-                    out.push_str(&format!("%{byte:02X}"));
-                }
-                i += 3;
-            }
-            _ => {
-                let next = query[i + 1..]
-                    .find('%')
-                    .map_or(query.len(), |at| i + 1 + at);
-                out.push_str(&query[i..next]);
-                i = next;
-            }
-        }
-    }
-    out
+    let normal = percent_decode(query, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    });
+    // Only ASCII was decoded, so what was UTF-8 still is.
+    String::from_utf8(normal)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
 }
