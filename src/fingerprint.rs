@@ -17,7 +17,10 @@ use http::{
 };
 
 /// The inner service's validator for one representation, or a hash of its body.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Two `ETag`s compare weakly (`W/"a"` is `"a"`): a backend that weakens its tag when it
+/// compresses a response has not changed the resource.
+#[derive(Debug, Clone, Eq)]
 #[non_exhaustive]
 pub enum Fingerprint {
     /// The inner service's own `ETag`, as it sent it.
@@ -28,6 +31,26 @@ pub enum Fingerprint {
     Body(u64),
     /// The inner service answered `404` or `410`: no representation.
     Absent,
+    /// The layer wrote the resource and could not learn what the inner service serves since:
+    /// whatever is seen next counts as a change.
+    Unknown,
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        fn opaque(tag: &HeaderValue) -> &[u8] {
+            let bytes = tag.as_bytes();
+            bytes.strip_prefix(b"W/").unwrap_or(bytes)
+        }
+        match (self, other) {
+            (Fingerprint::ETag(a), Fingerprint::ETag(b)) => opaque(a) == opaque(b),
+            (Fingerprint::LastModified(a), Fingerprint::LastModified(b)) => a == b,
+            (Fingerprint::Body(a), Fingerprint::Body(b)) => a == b,
+            (Fingerprint::Absent, Fingerprint::Absent) => true,
+            // Nothing is the same as what the layer could not learn.
+            _ => false,
+        }
+    }
 }
 
 impl Fingerprint {
@@ -49,28 +72,45 @@ impl Fingerprint {
         }
     }
 
-    /// One line of text, for a store that keeps strings (see [`decode`](Fingerprint::decode)).
+    /// One line of ASCII text, for a store that keeps strings (see
+    /// [`decode`](Fingerprint::decode)). Header values are hex-encoded, so any bytes round-trip.
     pub fn encode(&self) -> String {
+        fn hex(bytes: &[u8]) -> String {
+            bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+        }
         match self {
-            Fingerprint::ETag(tag) => format!("e{}", String::from_utf8_lossy(tag.as_bytes())),
-            Fingerprint::LastModified(date) => {
-                format!("m{}", String::from_utf8_lossy(date.as_bytes()))
-            }
+            // `E` for a weak tag, without its `W/`: a store compares what follows the kind.
+            Fingerprint::ETag(tag) => match tag.as_bytes().strip_prefix(b"W/") {
+                Some(opaque) => format!("E{}", hex(opaque)),
+                None => format!("e{}", hex(tag.as_bytes())),
+            },
+            Fingerprint::LastModified(date) => format!("m{}", hex(date.as_bytes())),
             Fingerprint::Body(hash) => format!("h{hash:016x}"),
             Fingerprint::Absent => "a".to_owned(),
+            Fingerprint::Unknown => "u".to_owned(),
         }
     }
 
     /// The fingerprint [`encode`](Fingerprint::encode) made, if `text` is one.
     pub fn decode(text: &str) -> Option<Self> {
+        fn value(hex: &str) -> Option<HeaderValue> {
+            if hex.len() % 2 != 0 || !hex.is_ascii() {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+                .collect();
+            HeaderValue::from_bytes(&bytes?).ok()
+        }
         let (kind, rest) = (text.get(..1)?, text.get(1..)?);
         match kind {
-            "e" => HeaderValue::from_str(rest).ok().map(Fingerprint::ETag),
-            "m" => HeaderValue::from_str(rest)
-                .ok()
-                .map(Fingerprint::LastModified),
+            "e" => value(rest).map(Fingerprint::ETag),
+            "E" => value(&format!("572f{rest}")).map(Fingerprint::ETag), // `W/`
+            "m" => value(rest).map(Fingerprint::LastModified),
             "h" => u64::from_str_radix(rest, 16).ok().map(Fingerprint::Body),
             "a" if rest.is_empty() => Some(Fingerprint::Absent),
+            "u" if rest.is_empty() => Some(Fingerprint::Unknown),
             _ => None,
         }
     }
@@ -103,7 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_round_trips() {
+    fn encoding_round_trips_any_bytes() {
         for fingerprint in [
             Fingerprint::ETag(HeaderValue::from_static("\"abc\"")),
             Fingerprint::ETag(HeaderValue::from_static("W/\"abc\"")),
@@ -111,14 +151,33 @@ mod tests {
             Fingerprint::Body(0),
             Fingerprint::Body(u64::MAX),
             Fingerprint::Absent,
+            Fingerprint::Unknown,
+            // Bytes that are not UTF-8 must not be folded into one another.
+            Fingerprint::ETag(HeaderValue::from_bytes(b"\"\xff\x80\"").unwrap()),
         ] {
-            assert_eq!(
-                Fingerprint::decode(&fingerprint.encode()),
-                Some(fingerprint)
-            );
+            let decoded = Fingerprint::decode(&fingerprint.encode()).unwrap();
+            assert_eq!(decoded.encode(), fingerprint.encode());
         }
-        assert_eq!(Fingerprint::decode(""), None);
-        assert_eq!(Fingerprint::decode("x1"), None);
+        let (a, b) = (
+            Fingerprint::ETag(HeaderValue::from_bytes(b"\"\xff\"").unwrap()),
+            Fingerprint::ETag(HeaderValue::from_bytes(b"\"\xfe\"").unwrap()),
+        );
+        assert_ne!(
+            Fingerprint::decode(&a.encode()),
+            Fingerprint::decode(&b.encode())
+        );
+        for garbage in ["", "x1", "e7", "ezz", "eé", "a1"] {
+            assert_eq!(Fingerprint::decode(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn etags_compare_weakly_and_unknown_matches_nothing() {
+        let tag = |t: &'static str| Fingerprint::ETag(HeaderValue::from_static(t));
+        assert_eq!(tag("W/\"a\""), tag("\"a\""));
+        assert_ne!(tag("\"a\""), tag("\"b\""));
+        assert_ne!(Fingerprint::Unknown, Fingerprint::Unknown);
+        assert_ne!(Fingerprint::Unknown, Fingerprint::Absent);
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! answers at once ([`VersionStore::current_now`]) the whole read runs in the response future
 //! itself, without boxing; on a shared store it waits for the store in [`later`].
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http::{
-    header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE},
+    header::{CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE},
     Method, Request, Response, StatusCode,
 };
 use http_body::Body;
@@ -123,13 +123,13 @@ where
 
     // Writers may bypass the layer: a `304` from the table only while the backend confirmed
     // the version recently, and every response forwarded is fingerprinted.
-    let fresh = snapshot.fingerprint.is_some()
+    let known = !matches!(snapshot.fingerprint, None | Some(Fingerprint::Unknown));
+    let fresh = known
         && bypass
             .revalidate_after
             .is_none_or(|window| now.saturating_sub(snapshot.confirmed) < window.as_secs());
-    let conditions = request.headers().clone();
     let method = request.method().clone();
-    let if_exists = match decide(&mut request, &snapshot, now) {
+    let (if_exists, revalidating) = match decide(&mut request, &snapshot, now) {
         Decided::Answer(answer) if fresh || !answer.is_not_modified() => {
             return Ok(answer.into_response());
         }
@@ -147,15 +147,15 @@ where
                 }
                 _ => {}
             }
-            None
+            (None, true)
         }
-        Decided::Forward { if_exists } => if_exists,
+        Decided::Forward { if_exists } => (if_exists, false),
     };
     let (parts, body) = request.into_parts();
-    let retry = crate::write::bodiless(method.clone(), &parts);
+    let retry = revalidating.then(|| crate::write::bodiless::<ReqBody>(method.clone(), &parts));
     let res = inner.call(Request::from_parts(parts, body)).await?;
-    let confirmed_by_304 = res.status() == StatusCode::NOT_MODIFIED;
-    let (res, stamp) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    let backend_304 = res.status() == StatusCode::NOT_MODIFIED;
+    let (res, stamp, confirmed) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
     let Some(stamp) = stamp else {
         return Ok(res); // no version to vouch for
     };
@@ -165,21 +165,23 @@ where
         snapshot: snapshot.clone(),
         if_exists,
     };
-    // The client's own conditions, against what the backend confirmed (or changed).
-    let client = Conditions::parse(&conditions, stamp);
-    if client.verdict(false, stamp, false) == Verdict::Decided(Decision::NotModified) {
-        let snapshot = Snapshot::new(stamp).with_cached(snapshot.cached);
+    let Some(retry) = retry else {
+        return Ok(read.finish_stamped(res, stamp));
+    };
+    // Revalidated: the client's `304` stands only if the backend confirmed the version.
+    if confirmed {
         return Ok(Answer::not_modified(snapshot, now).into_response());
     }
-    if !confirmed_by_304 {
+    if !backend_304 {
+        // Changed, or not confirmed: the representation, with the version it can carry.
         return Ok(read.finish_stamped(res, stamp));
     }
-    // The backend confirmed a version the client does not hold (a write through the layer
-    // came in between): the client needs the representation, which a `304` does not carry.
+    // The backend said `304` to a fingerprint the store no longer holds (a write through the
+    // layer came in between): the client needs the representation, which a `304` lacks.
     drop(res);
     std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
     let res = inner.call(retry).await?;
-    let (res, stamp) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    let (res, stamp, _) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
     Ok(match stamp {
         Some(stamp) => read.finish_stamped(res, stamp),
         None => res,
@@ -187,9 +189,10 @@ where
 }
 
 /// A response fingerprinted against `seen`: the response (its body read ahead, or hashed as it
-/// streams, when the backend sends no validator) and the version to stamp it with: `seen`'s
-/// when confirmed, the bumped one when the backend changed without the layer, `None` when the
-/// store could not tell (then without validators).
+/// streams, when the backend sends no validator), the version to stamp it with (the bumped one
+/// when this response showed the backend changed without the layer, else `seen`'s, older than
+/// or as old as its data; `None` when the store could not tell, then without validators), and
+/// whether the store confirmed `seen`'s version.
 async fn fingerprinted<ResBody, Key, St>(
     res: Response<ResBody>,
     method: &Method,
@@ -197,7 +200,7 @@ async fn fingerprinted<ResBody, Key, St>(
     key: &Key,
     seen: &Snapshot,
     now: u64,
-) -> (Response<ResponseBody<ResBody>>, Option<Version>)
+) -> (Response<ResponseBody<ResBody>>, Option<Version>, bool)
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
     Key: Clone + Send + Sync + 'static,
@@ -209,16 +212,20 @@ where
         StatusCode::NOT_FOUND | StatusCode::GONE => Some(Fingerprint::Absent),
         // A part, or a `HEAD`, says nothing of the whole body: only its validator counts.
         _ if status.is_success() => Fingerprint::of_headers(res.headers()),
-        _ => return (res.map(ResponseBody::inner), Some(seen.version)),
+        _ => return (res.map(ResponseBody::inner), Some(seen.version), false),
     };
     let (res, fingerprint) = match fingerprint {
         Some(fingerprint) => (res.map(ResponseBody::inner), fingerprint),
         None if *method != Method::GET || status != StatusCode::OK => {
-            return (res.map(ResponseBody::inner), Some(seen.version));
+            return (res.map(ResponseBody::inner), Some(seen.version), false);
         }
         None => {
             let (parts, body) = res.into_parts();
-            match read_ahead(body).await {
+            let streaming = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .is_some_and(|kind| kind.as_bytes().starts_with(b"text/event-stream"));
+            match read_ahead(body, !streaming).await {
                 ReadAhead::Whole {
                     data,
                     trailers,
@@ -231,41 +238,48 @@ where
                     // Too large to hold: learned once it has streamed through. A change found
                     // then bumps the version; this response keeps the older stamp (a client
                     // holding it gets `412` on its next write, never `200`).
-                    let (store, key, version) = (store.clone(), key.clone(), seen.version);
+                    let version = seen.version;
+                    let (store, key, seen) = (store.clone(), key.clone(), seen.clone());
                     let learn = Box::new(move |fingerprint: Fingerprint| {
-                        let now = store.now();
                         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                             runtime.spawn(async move {
-                                let _ = store.observe(&key, version, &fingerprint, now).await;
+                                let _ = store.observe(&key, &seen, &fingerprint, now).await;
                             });
                         }
                     });
                     let body = ResponseBody::hashing(prefix, rest, hash, learn);
-                    return (Response::from_parts(parts, body), Some(seen.version));
+                    return (Response::from_parts(parts, body), Some(version), false);
                 }
                 // Nothing was sent yet: the client gets a clean error, not a truncated body.
-                ReadAhead::Failed => return (Answer::body_failed(now).into_response(), None),
+                ReadAhead::Failed => {
+                    return (Answer::body_failed(now).into_response(), None, false);
+                }
             }
         }
     };
-    match store.observe(key, seen.version, &fingerprint, now).await {
+    match store.observe(key, seen, &fingerprint, now).await {
+        Ok(Observed::Confirmed) => (res, Some(seen.version), true),
         Ok(Observed::Changed(version)) => {
             tracing::info!(
                 counter = version.counter,
                 "the backend changed without the layer"
             );
-            (res, Some(version))
+            (res, Some(version), false)
         }
-        Ok(_) => (res, Some(seen.version)),
+        // Bumped for a change another observation saw first, or superseded by a write through
+        // the layer: this response may be the older data, so it keeps the older stamp.
+        Ok(_) => (res, Some(seen.version), false),
         Err(err) => {
             tracing::warn!(error = %err, "read forwarded without validators");
-            (unvouched(res), None)
+            (unvouched(res), None, false)
         }
     }
 }
 
-/// The most of a body without validators the layer holds to fingerprint it before answering.
+/// The most of a body without validators the layer holds to fingerprint it before answering,
+/// and how long it waits for it: a longer or slower one is hashed as it streams.
 const READ_AHEAD: usize = 256 * 1024;
+const READ_AHEAD_TIME: Duration = Duration::from_secs(1);
 
 enum ReadAhead<B> {
     /// The whole body, within the bound.
@@ -284,16 +298,22 @@ enum ReadAhead<B> {
     Failed,
 }
 
-/// Reads `body` up to [`READ_AHEAD`] bytes, hashing what it reads.
-async fn read_ahead<B: Body<Data = Bytes>>(body: B) -> ReadAhead<B> {
+/// Reads `body` up to [`READ_AHEAD`] bytes for at most [`READ_AHEAD_TIME`] (not at all without
+/// `hold`), hashing what it reads.
+async fn read_ahead<B: Body<Data = Bytes>>(body: B, hold: bool) -> ReadAhead<B> {
     let mut body = Box::pin(body);
     let (mut data, mut hash) = (BytesMut::new(), BodyHash::new());
+    let deadline = tokio::time::Instant::now() + READ_AHEAD_TIME;
     loop {
-        if data.len() > READ_AHEAD {
+        if data.len() > READ_AHEAD || !hold {
             let (prefix, rest) = (data.freeze(), body);
             return ReadAhead::Partial { prefix, rest, hash };
         }
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            let (prefix, rest) = (data.freeze(), body);
+            return ReadAhead::Partial { prefix, rest, hash };
+        };
+        match frame {
             None => break,
             Some(Err(_)) => return ReadAhead::Failed,
             Some(Ok(frame)) => match frame.into_data() {

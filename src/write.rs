@@ -98,12 +98,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The longest a write holds its resource's lock: the existence probe and the write, each
-    /// bounded by the write timeout, the grace period after a timeout, and a second for the
-    /// store's own calls. A store whose locks expire (leases) keeps them at least this long.
+    /// The longest a write holds its resource's lock: the existence probe and the write (and,
+    /// when the layer watches for writers that bypass it, the verification before and the
+    /// reading after), each bounded by the write timeout, the grace period after a timeout, and
+    /// a second for the store's own calls. A store whose locks expire (leases) keeps them at
+    /// least this long.
     pub(crate) fn lock_hold(&self) -> Duration {
+        let calls = if self.bypass.any() { 4 } else { 2 };
         self.write_timeout
-            .saturating_mul(2)
+            .saturating_mul(calls)
             .saturating_add(self.timeout_grace)
             .saturating_add(Duration::from_secs(1))
     }
@@ -209,12 +212,14 @@ where
     };
     // What the backend serves once the write is done, read under the lock, unless the
     // write's own response says.
-    let follow_up = bypass.verify_writes.then(|| {
+    let follow_up = bypass.any().then(|| {
         let (mut follow, parts) = (inner.clone(), head_of(&parts));
         let timeout = config.write_timeout;
         Box::pin(async move {
-            poll_fn(|cx| follow.poll_ready(cx)).await.ok()?;
-            let probe = fingerprint_probe(&mut follow, &parts);
+            let probe = async {
+                poll_fn(|cx| follow.poll_ready(cx)).await?;
+                fingerprint_probe(&mut follow, &parts).await
+            };
             tokio::time::timeout(timeout, probe).await.ok()?.ok()?
         }) as FollowUp
     });
@@ -262,26 +267,7 @@ where
     ResBody: Body<Data = Bytes>,
     St: VersionStore<Key>,
 {
-    if config.bypass.verify_writes {
-        let seen = store.peek(key, lock).await?;
-        let probe = tokio::time::timeout(config.write_timeout, fingerprint_probe(inner, request));
-        let Some(fingerprint) = probe
-            .await
-            .ok()
-            .transpose()
-            .map_err(Refused::Inner)?
-            .flatten()
-        else {
-            return Ok(Decided::Answer(Answer::unverified(store.now())));
-        };
-        store
-            .observe(key, seen.version, &fingerprint, store.now())
-            .await?;
-        poll_fn(|cx| inner.poll_ready(cx))
-            .await
-            .map_err(Refused::Inner)?;
-    }
-    let mut probed = false;
+    let (mut probed, mut verified) = (false, false);
     loop {
         match evaluate(
             &request.headers,
@@ -292,7 +278,26 @@ where
         )
         .await?
         {
+            // Versions only grow: what the table refuses, a verification would refuse too.
             Step::Answer(answer) => return Ok(Decided::Answer(answer)),
+            // Asks the backend what it holds now, once, and decides again against that.
+            Step::Forward(_) | Step::Probe if config.bypass.verify_writes && !verified => {
+                let seen = store.peek(key, lock).await?;
+                let probe = async {
+                    poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    fingerprint_probe(inner, request).await
+                };
+                let probe = tokio::time::timeout(config.write_timeout, probe).await;
+                let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten()
+                else {
+                    return Ok(Decided::Answer(Answer::unverified(store.now())));
+                };
+                store.observe(key, &seen, &fingerprint, store.now()).await?;
+                verified = true;
+                poll_fn(|cx| inner.poll_ready(cx))
+                    .await
+                    .map_err(Refused::Inner)?;
+            }
             Step::Forward(seen) => return Ok(Decided::Forward(seen)),
             Step::Probe if probed => {
                 return Ok(Decided::Answer(Answer::probe_inconclusive(store.now())))
@@ -577,7 +582,11 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
         if status == StatusCode::PRECONDITION_FAILED && self.guarded {
             let now = self.store.now();
             return Outcome::Answer(
-                match self.store.bump(&self.key, lock, Existence::Unknown).await {
+                match self
+                    .store
+                    .bump(&self.key, lock, Existence::Unknown, None)
+                    .await
+                {
                     Ok(version) => Answer::precondition_failed(version, now),
                     Err(err) => {
                         tracing::error!(error = %err, "a write's version could not be recorded");
@@ -594,26 +603,21 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
         } else {
             Existence::Unknown
         };
+        // What the backend serves now, recorded with the new version before the lock goes: its
+        // own validator on the write's response, else read under the lock; if neither tells,
+        // whatever is seen next counts as a change.
         let fingerprint = match self.follow_up.take() {
-            Some(_) if !status.is_success() => None,
-            Some(follow_up) => match Fingerprint::of_headers(res.headers()) {
-                Some(own) => Some(own),
-                None => follow_up.await,
-            },
+            Some(follow_up) if status.is_success() => {
+                Some(match Fingerprint::of_headers(res.headers()) {
+                    Some(own) => own,
+                    None => follow_up.await.unwrap_or(Fingerprint::Unknown),
+                })
+            }
+            Some(_) => Some(Fingerprint::Unknown),
             None => None,
         };
-        match self.store.bump(&self.key, lock, exists).await {
+        match self.store.bump(&self.key, lock, exists, fingerprint).await {
             Ok(version) if status.is_success() => {
-                if let Some(fingerprint) = fingerprint {
-                    let now = self.store.now();
-                    if let Err(err) = self
-                        .store
-                        .observe(&self.key, version, &fingerprint, now)
-                        .await
-                    {
-                        tracing::warn!(error = %err, "a write's fingerprint could not be recorded");
-                    }
-                }
                 answer::stamp(res.headers_mut(), version, self.store.now())
             }
             Ok(_) => {}

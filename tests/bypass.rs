@@ -49,6 +49,7 @@ struct State {
     /// Per path: the body and the backend's own revision.
     docs: Mutex<HashMap<String, (Bytes, u64)>>,
     hits: AtomicUsize,
+    not_modified: AtomicUsize,
     held: mpsc::UnboundedSender<()>,
     arrived: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     open: Semaphore,
@@ -62,6 +63,7 @@ impl SideDoorBackend {
             state: Arc::new(State {
                 docs: Mutex::default(),
                 hits: AtomicUsize::new(0),
+                not_modified: AtomicUsize::new(0),
                 held,
                 arrived: tokio::sync::Mutex::new(arrived),
                 open: Semaphore::new(0),
@@ -74,6 +76,16 @@ impl SideDoorBackend {
         let mut docs = self.state.docs.lock().unwrap();
         let revision = docs.get(path).map_or(0, |(_, r)| *r) + 1;
         docs.insert(path.to_owned(), (Bytes::from(body.to_owned()), revision));
+    }
+
+    /// A delete that does not go through the layer.
+    fn delete_directly(&self, path: &str) {
+        self.state.docs.lock().unwrap().remove(path);
+    }
+
+    /// How many `304`s the backend itself gave.
+    fn not_modified(&self) -> usize {
+        self.state.not_modified.load(Ordering::SeqCst)
     }
 
     fn doc(&self, path: &str) -> Bytes {
@@ -132,6 +144,7 @@ impl SideDoorBackend {
                         _ => header(header::IF_MODIFIED_SINCE),
                     };
                     if condition == value.to_str().ok() {
+                        self.state.not_modified.fetch_add(1, Ordering::SeqCst);
                         return reply(StatusCode::NOT_MODIFIED, Bytes::new(), validator);
                     }
                 }
@@ -439,6 +452,9 @@ async fn after_the_window_an_unchanged_resource_is_confirmed_by_one_backend_requ
         assert_eq!(confirmed.status, StatusCode::NOT_MODIFIED, "{kind:?}");
         assert_eq!(confirmed.tag(), t1, "{kind:?}: confirmed, not bumped");
         assert_eq!(backend.hits(), hits + 1, "{kind:?}");
+        // With a validator of its own, the backend was asked with it and answered 304 itself.
+        let cheap = usize::from(kind != Validator::None);
+        assert_eq!(backend.not_modified(), cheap, "{kind:?}");
         // Confirmed now: the next one stays in the table.
         let cached = client
             .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
@@ -534,4 +550,83 @@ async fn the_proxy_notices_a_write_made_straight_to_the_backend() {
     assert_eq!(fresh.status, StatusCode::OK);
     assert_eq!(fresh.text(), "bypass");
     assert_eq!(backend.doc(DOC), "bypass");
+}
+
+/// A bypass right after a write through the layer, with no read in between: the layer recorded
+/// what the backend served after its own write (the write's validator, else read under the
+/// lock), so the first read after the bypass is a change, not a first sight. Each setting alone.
+#[tokio::test]
+async fn a_bypass_right_after_a_write_through_the_layer_is_noticed() {
+    for kind in KINDS {
+        // Revalidation alone: the client that wrote gets the bypassing data, not a 304.
+        let (backend, clock, client) =
+            behind(kind, |layer| layer.revalidate_after(Duration::from_secs(5))).await;
+        let t1 = client.send(Method::PUT, DOC, &[], "v1").await.tag();
+        backend.write_directly(DOC, "bypass");
+        clock.advance(Duration::from_secs(10));
+        let fresh = client
+            .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+            .await;
+        assert_eq!(fresh.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(fresh.text(), "bypass");
+        assert_ne!(fresh.tag(), t1, "{kind:?}");
+
+        // Fingerprinted reads alone: a plain read shows the change, and the writer's next
+        // write is refused.
+        let (backend, clock, client) = behind(kind, |layer| layer.fingerprint_reads(true)).await;
+        let t1 = client.send(Method::PUT, DOC, &[], "v1").await.tag();
+        clock.advance(SECOND);
+        backend.write_directly(DOC, "bypass");
+        let read = client.send(Method::GET, DOC, &[], "").await;
+        assert_ne!(read.tag(), t1, "{kind:?}");
+        let stale = client
+            .send(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+            .await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{kind:?}");
+        assert_eq!(backend.doc(DOC), "bypass");
+    }
+}
+
+/// A delete that bypasses the layer: the resource is absent, so a create-only write proceeds
+/// and a write that requires it to exist is refused.
+#[tokio::test]
+async fn a_bypassing_delete_makes_the_resource_absent() {
+    for kind in KINDS {
+        let (backend, clock, client) = behind(kind, |layer| layer.verify_writes(true)).await;
+        client.send(Method::PUT, DOC, &[], "v1").await;
+        clock.advance(SECOND);
+        backend.delete_directly(DOC);
+        let must_exist = client
+            .send(Method::PUT, DOC, &[("if-match", "*")], "x")
+            .await;
+        assert_eq!(
+            must_exist.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{kind:?}"
+        );
+        let create = client
+            .send(Method::PUT, DOC, &[("if-none-match", "*")], "created")
+            .await;
+        assert_eq!(create.status, StatusCode::OK, "{kind:?}: {}", create.text());
+        assert_eq!(backend.doc(DOC), "created");
+    }
+}
+
+/// A large body without validator, revalidated with the client's tag: the client gets the
+/// representation (200), never a 304 the layer could not confirm.
+#[tokio::test]
+async fn a_large_body_is_never_revalidated_into_an_unconfirmed_304() {
+    let (backend, clock, client) = behind(Validator::None, |layer| {
+        layer.revalidate_after(Duration::ZERO)
+    })
+    .await;
+    let large = |fill: char| fill.to_string().repeat(1024 * 1024);
+    let t1 = client.send(Method::PUT, DOC, &[], &large('a')).await.tag();
+    clock.advance(SECOND);
+    backend.write_directly(DOC, &large('b'));
+    let revalidated = client
+        .send(Method::GET, DOC, &[("if-none-match", &t1)], "")
+        .await;
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(revalidated.body, large('b'));
 }

@@ -216,7 +216,7 @@ where
     fn observe(
         &self,
         key: &K,
-        seen: Version,
+        seen: &Snapshot,
         fingerprint: &Fingerprint,
         now: u64,
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
@@ -265,9 +265,16 @@ where
         key: &K,
         lock: Self::Lock,
         exists: Existence,
+        fingerprint: Option<Fingerprint>,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send {
-        let version = self.bump_sync(key, self.now_secs(), exists);
-        drop(lock); // released only after the bump
+        let now = self.now_secs();
+        let version = self.bump_sync(key, now, exists);
+        if let Some(fingerprint) = fingerprint {
+            self.update(key, |entry| {
+                entry.extras().seen = Some(Box::new((fingerprint, now)))
+            });
+        }
+        drop(lock); // released only after the bump and its fingerprint
         ready(Ok(version))
     }
 
@@ -479,27 +486,43 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
     fn observe_sync(
         &self,
         key: &K,
-        seen: Version,
+        seen: &Snapshot,
         fingerprint: &Fingerprint,
         now: u64,
     ) -> Observed {
         let instance = self.instance;
         self.update(key, |entry| {
             let current = entry.version(instance);
-            if current.counter != seen.counter {
+            if current.counter != seen.version.counter {
                 return Observed::Superseded;
             }
             let extras = entry.extras();
-            let observed = match extras.seen.as_deref() {
-                Some((recorded, _)) if recorded != fingerprint => {
-                    let next = current.next(now, Existence::Exists);
-                    extras.cached = None;
-                    Observed::Changed(next)
+            let recorded = extras.seen.as_deref().map(|(recorded, _)| recorded);
+            let observed = match recorded {
+                Some(recorded) if recorded != fingerprint => {
+                    let exists = match fingerprint {
+                        Fingerprint::Absent => Existence::Absent,
+                        _ => Existence::Exists,
+                    };
+                    let next = current.next(now, exists);
+                    // Only an observation that compared with what is still recorded may stamp
+                    // the new version: another may have recorded newer data meanwhile.
+                    if seen
+                        .fingerprint
+                        .as_ref()
+                        .is_some_and(|seen| seen == recorded)
+                        || matches!(recorded, Fingerprint::Unknown)
+                    {
+                        Observed::Changed(next)
+                    } else {
+                        Observed::Bumped(next)
+                    }
                 }
                 _ => Observed::Confirmed,
             };
             extras.seen = Some(Box::new((fingerprint.clone(), now)));
-            if let Observed::Changed(next) = observed {
+            if let Observed::Changed(next) | Observed::Bumped(next) = observed {
+                extras.cached = None;
                 entry.set_version(next);
             }
             observed

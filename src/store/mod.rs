@@ -84,6 +84,10 @@ pub enum Observed {
     /// Another one, with no write through the layer since: an out-of-band change. The version
     /// was bumped to this one, which carries the new fingerprint.
     Changed(Version),
+    /// Another one than the recorded, which another observation recorded after the snapshot
+    /// this one compared with: the version was bumped (a change, one way or the other), but
+    /// this observation may be the older one, so a response must not carry the new version.
+    Bumped(Version),
     /// A write through the layer bumped the version since: nothing was recorded.
     Superseded,
 }
@@ -150,7 +154,7 @@ impl std::error::Error for StoreError {
 /// use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// use tower_conditional::{
 ///     clock::{unix_secs, Clock, SystemClock},
-///     store::{Existence, Snapshot, StoreError, Version, VersionStore},
+///     store::{Existence, Fingerprint, Snapshot, StoreError, Version, VersionStore},
 ///     ConditionalLayer,
 /// };
 ///
@@ -214,7 +218,7 @@ impl std::error::Error for StoreError {
 ///         ready(Ok(self.with(key.as_ref(), |r| r.version.exists = exists)))
 ///     }
 ///
-///     fn bump(&self, key: &K, lock: Self::Lock, exists: Existence)
+///     fn bump(&self, key: &K, lock: Self::Lock, exists: Existence, _: Option<Fingerprint>)
 ///         -> impl Future<Output = Result<Version, StoreError>> + Send {
 ///         let now = VersionStore::<K>::now(self);
 ///         let version = self.with(key.as_ref(), |r| { r.version = r.version.next(now, exists); r.version });
@@ -270,15 +274,17 @@ pub trait VersionStore<K>: Send + Sync + 'static {
     /// effort, and ignored if the key was bumped since `seen` (contract rule 4).
     fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, headers: &HeaderMap);
 
-    /// Records that the inner service served `fingerprint` for `seen` at second `now`: if the
-    /// key is still at `seen`'s counter, confirms it when it matches the recorded one (or none
-    /// is recorded), else bumps the version (existence: it exists) and records it with the
-    /// new version. A bump through [`bump`](VersionStore::bump) forgets the fingerprint. Only
-    /// called when the layer detects writers that bypass it; the default refuses.
+    /// Records that the inner service served `fingerprint` for the snapshot `seen` at second
+    /// `now`. If the key is still at `seen`'s counter: confirms it when it matches the recorded
+    /// one (or none is recorded); else bumps the version (existent unless the fingerprint is
+    /// [`Fingerprint::Absent`]) and records it with the new version, returning
+    /// [`Observed::Changed`] when the recorded one is still the one `seen` carried, else
+    /// [`Observed::Bumped`]. Only called when the layer detects writers that bypass it; the
+    /// default refuses.
     fn observe(
         &self,
         key: &K,
-        seen: Version,
+        seen: &Snapshot,
         fingerprint: &Fingerprint,
         now: u64,
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
@@ -313,13 +319,15 @@ pub trait VersionStore<K>: Send + Sync + 'static {
         exists: Existence,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Records a write to `key` that left it as `exists` says, then releases `lock`. Returns
-    /// the new version.
+    /// Records a write to `key` that left it as `exists` says, with what the inner service
+    /// serves since (`fingerprint`, when the layer tracks them; the recorded one is forgotten
+    /// otherwise), then releases `lock`. Returns the new version.
     fn bump(
         &self,
         key: &K,
         lock: Self::Lock,
         exists: Existence,
+        fingerprint: Option<Fingerprint>,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send;
 
     /// Records a write of unknown outcome, then releases `lock`, without waiting: called when

@@ -111,6 +111,16 @@ local function epoch()
 end
 local instance, floor = epoch()
 local now = tonumber(redis.call('TIME')[1])
+-- Two encoded fingerprints name one representation: what the layer could not learn ('u') is
+-- never the same; ETags compare weakly (strong 'e' and weak 'E' differ only in their kind).
+local function same(a, b)
+  if a == 'u' or b == 'u' then return false end
+  local ka, kb = string.sub(a, 1, 1), string.sub(b, 1, 1)
+  if (ka == 'e' or ka == 'E') and (kb == 'e' or kb == 'E') then
+    return string.sub(a, 2) == string.sub(b, 2)
+  end
+  return a == b
+end
 local function read(key)
   local h = redis.call('HMGET', key, 'c', 'm', 'a', 'x')
   if not h[1] then return 0, floor, 1, 'u' end
@@ -129,23 +139,29 @@ local seen = redis.call('HMGET', KEYS[2], 'f', 't')
 return {instance, c, m, a, x, seen[1] or '', tonumber(seen[2] or '0')}
 "#;
 
-// KEYS[2] = version; ARGV[2] = the counter the read saw, ARGV[3] = the fingerprint it saw.
-// Confirms the recorded fingerprint (or records the first), or, if another one is recorded for
-// the same counter, bumps the version: an out-of-band change. A counter that moved on means a
-// write through the layer came in between: nothing is recorded.
+// KEYS[2] = version; ARGV[2] = the counter the read saw, ARGV[3] = the fingerprint it saw,
+// ARGV[4] = the fingerprint its snapshot carried ('' for none). Confirms the recorded fingerprint
+// (or records the first), or, if another one is recorded for the same counter, bumps the
+// version: an out-of-band change, which the read may stamp ('b') only if what is recorded is
+// still what its snapshot carried, else not ('B'). A counter that moved on means a write
+// through the layer came in between: nothing is recorded ('s').
 const OBSERVE: &str = r#"
 local c, m, a, x = read(KEYS[2])
 if c ~= tonumber(ARGV[2]) then return {instance, c, m, a, x, 's'} end
 local f = redis.call('HGET', KEYS[2], 'f')
-if (not f) or f == ARGV[3] then
+if (not f) or same(f, ARGV[3]) then
   redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x, 'f', ARGV[3], 't', now)
   return {instance, c, m, a, x, 'c'}
 end
 local m2 = math.max(now, m)
 local a2 = 0
 if m2 == m then a2 = 1 end
-redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', 'e', 'f', ARGV[3], 't', now)
-return {instance, c + 1, m2, a2, 'e', 'b'}
+local x2 = 'e'
+if ARGV[3] == 'a' then x2 = 'a' end
+redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', x2, 'f', ARGV[3], 't', now)
+local outcome = 'B'
+if f == 'u' or (ARGV[4] ~= '' and same(f, ARGV[4])) then outcome = 'b' end
+return {instance, c + 1, m2, a2, x2, outcome}
 "#;
 
 const PEEK: &str = r#"
@@ -163,7 +179,11 @@ local m2 = math.max(now, m)
 local a2 = 0
 if m2 == m then a2 = 1 end
 redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', ARGV[3])
-redis.call('HDEL', KEYS[2], 'f', 't')
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[2], 'f', 't')
+else
+  redis.call('HSET', KEYS[2], 'f', ARGV[4], 't', now)
+end
 if redis.call('HGET', KEYS[2], 'w') == ARGV[2] then redis.call('HDEL', KEYS[2], 'w') end
 local held = 0
 if redis.call('GET', KEYS[3]) == ARGV[2] then
@@ -296,6 +316,7 @@ impl RedisStore {
         token: &str,
         expires: Instant,
         exists: Existence,
+        fingerprint: Option<&Fingerprint>,
     ) -> Result<Version, StoreError> {
         // The write has happened (or may have): keep trying to record it while the lease keeps
         // other writers out.
@@ -310,6 +331,7 @@ impl RedisStore {
                 .arg(&*self.proposal)
                 .arg(token)
                 .arg(existence_code(exists))
+                .arg(fingerprint.map_or(String::new(), Fingerprint::encode))
                 .invoke_async(&mut self.connection.clone())
                 .await;
             match attempt {
@@ -424,12 +446,18 @@ where
     fn observe(
         &self,
         key: &K,
-        seen: Version,
+        seen: &Snapshot,
         fingerprint: &Fingerprint,
         _now: u64, // Redis `TIME` dates it, as every other version
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         let fingerprint = fingerprint.encode();
+        let (counter, carried) = (
+            seen.version.counter,
+            seen.fingerprint
+                .as_ref()
+                .map_or(String::new(), Fingerprint::encode),
+        );
         async move {
             let (epoch, counter, modified, ambiguous, exists, outcome): (
                 String,
@@ -444,8 +472,9 @@ where
                 .key(self.epoch())
                 .key(self.key("v", &key))
                 .arg(&*self.proposal)
-                .arg(seen.counter)
+                .arg(counter)
                 .arg(fingerprint)
+                .arg(carried)
                 .invoke_async(&mut self.connection.clone())
                 .await
                 .map_err(StoreError::new)?;
@@ -453,6 +482,7 @@ where
             Ok(match outcome.as_str() {
                 "c" => Observed::Confirmed,
                 "b" => Observed::Changed(version),
+                "B" => Observed::Bumped(version),
                 _ => Observed::Superseded,
             })
         }
@@ -533,12 +563,19 @@ where
         key: &K,
         mut lock: RedisLock,
         exists: Existence,
+        fingerprint: Option<Fingerprint>,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         lock.store = None; // the bump releases it
         async move {
-            self.bump_with_retries(&key, &lock.token, lock.expires, exists)
-                .await
+            self.bump_with_retries(
+                &key,
+                &lock.token,
+                lock.expires,
+                exists,
+                fingerprint.as_ref(),
+            )
+            .await
         }
     }
 
@@ -547,7 +584,13 @@ where
         let store = self.clone();
         tokio::spawn(async move {
             if let Err(err) = store
-                .bump_with_retries(key.as_ref(), &lock.token, lock.expires, Existence::Unknown)
+                .bump_with_retries(
+                    key.as_ref(),
+                    &lock.token,
+                    lock.expires,
+                    Existence::Unknown,
+                    None,
+                )
                 .await
             {
                 tracing::error!(error = %err, "a write of unknown outcome could not be recorded");
