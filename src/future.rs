@@ -17,7 +17,7 @@ use tower_service::Service;
 use crate::{
     answer::Answer,
     body::ResponseBody,
-    read::{self, ReadInFlight},
+    read::ReadInFlight,
     store::VersionStore,
     write::{self, Prepared},
 };
@@ -127,7 +127,7 @@ where
                 KindProj::Read { future, read } => {
                     let res = ready!(future.poll(cx))?;
                     let read = read.take().expect("future polled after completion");
-                    return Poll::Ready(Ok(read_response(read.finish(res))));
+                    return Poll::Ready(Ok(read.finish(res).into_response()));
                 }
                 KindProj::ReadLater { future } => return future.as_mut().poll(cx),
                 KindProj::WritePreparing { future, store } => {
@@ -142,32 +142,23 @@ where
                     }
                 }
                 KindProj::Written { outcome, store } => {
-                    let now = || store.now();
-                    return Poll::Ready(match ready!(Pin::new(outcome).poll(cx)) {
+                    let outcome = ready!(Pin::new(outcome).poll(cx));
+                    // The layer's own answers are dated now, by the layer's clock.
+                    let answer = match outcome {
                         Ok(write::Outcome::Response(result)) => {
-                            result.map(|res| res.map(ResponseBody::inner))
+                            return Poll::Ready(result.map(|res| res.map(ResponseBody::inner)));
                         }
-                        Ok(write::Outcome::Answer(answer)) => Ok(answer.into_response()),
-                        Ok(write::Outcome::TimedOut { now }) => {
-                            Ok(Answer::write_timed_out(now).into_response())
-                        }
-                        Ok(write::Outcome::Panicked { now }) => {
-                            Ok(Answer::write_panicked(now).into_response())
-                        }
+                        Ok(write::Outcome::Answer(answer)) => answer,
+                        Ok(write::Outcome::TimedOut) => Answer::write_timed_out(store.now()),
+                        Ok(write::Outcome::Panicked) => Answer::write_panicked(store.now()),
                         // The task ended without a word: its runtime shut down, or it failed
                         // after the inner service answered.
-                        Err(_) => Ok(Answer::write_abandoned(now()).into_response()),
-                    });
+                        Err(_) => Answer::write_abandoned(store.now()),
+                    };
+                    return Poll::Ready(Ok(answer.into_response()));
                 }
             }
         }
-    }
-}
-
-fn read_response<B>(outcome: read::Outcome<Response<B>>) -> Response<ResponseBody<B>> {
-    match outcome {
-        read::Outcome::Answered(answer) => answer.into_response(),
-        read::Outcome::Responded(res) => res.map(ResponseBody::inner),
     }
 }
 

@@ -119,21 +119,22 @@ where
             let prepare = write::prepare(inner, request, key, store.clone(), self.config);
             return ResponseFuture::write(Box::pin(prepare), store);
         }
-        if self.config.bypass.any() {
-            // Every read is fingerprinted, which waits for the response (and the store).
-            let (inner, store) = (self.take_ready(), self.store.clone());
-            let read = read::later(inner, request, key, store, self.config.bypass);
-            return ResponseFuture::read_later(Box::pin(read));
-        }
-        match read::begin(&self.store, key, &mut request) {
-            Begun::Answered(answer) => ResponseFuture::answered(answer),
-            Begun::Forward(read) => ResponseFuture::read(self.inner.call(request), read),
-            Begun::Later(key) => {
-                let (inner, store) = (self.take_ready(), self.store.clone());
-                let read = read::later(inner, request, key, store, self.config.bypass);
-                ResponseFuture::read_later(Box::pin(read))
+        // Reads on a store that answers at once run unboxed, unless every read is
+        // fingerprinted (which waits for the response, and the store).
+        let key = if self.config.bypass.any() {
+            key
+        } else {
+            match read::begin(&self.store, key, &mut request) {
+                Begun::Answered(answer) => return ResponseFuture::answered(answer),
+                Begun::Forward(read) => {
+                    return ResponseFuture::read(self.inner.call(request), read)
+                }
+                Begun::Later(key) => key,
             }
-        }
+        };
+        let (inner, store) = (self.take_ready(), self.store.clone());
+        let read = read::later(inner, request, key, store, self.config.bypass);
+        ResponseFuture::read_later(Box::pin(read))
     }
 }
 

@@ -125,13 +125,9 @@ pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
     /// The layer answers instead (the backend refused a validator the layer forwarded).
     Answer(Answer),
-    TimedOut {
-        now: u64,
-    },
+    TimedOut,
     /// The inner service's future panicked.
-    Panicked {
-        now: u64,
-    },
+    Panicked,
 }
 
 /// Steps 1 to 4 for one write; `inner` has been readied for it.
@@ -387,15 +383,12 @@ async fn run<F, ResBody, E, Key, St>(
             Outcome::Response(Err(err))
         }
         Ok(Err(_panic)) => {
-            let now = in_flight.store.now();
             drop(in_flight); // unsettled: bumps
             tracing::error!("the inner service panicked while handling a write");
-            Outcome::Panicked { now }
+            Outcome::Panicked
         }
         Err(_elapsed) => {
-            let _ = report.send(Outcome::TimedOut {
-                now: in_flight.store.now(),
-            });
+            let _ = report.send(Outcome::TimedOut);
             tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
