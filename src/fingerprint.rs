@@ -11,10 +11,16 @@
 //! size). A `Last-Modified` has one-second resolution: two backend writes in one second look
 //! alike, which only the `ETag` or the body hash can tell apart.
 
+use std::{future::poll_fn, time::Duration};
+
+use bytes::Bytes;
 use http::{
     header::{ETAG, LAST_MODIFIED},
-    HeaderMap, HeaderValue,
+    HeaderMap, HeaderValue, Request, Response, StatusCode,
 };
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower_service::Service;
 
 /// The inner service's validator for one representation, or a hash of its body.
 ///
@@ -113,6 +119,77 @@ impl Fingerprint {
             "u" if rest.is_empty() => Some(Fingerprint::Unknown),
             _ => None,
         }
+    }
+}
+
+/// How the layer notices writes that reach the inner service without it . All off by default: the layer is then the only writer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bypass {
+    /// Record a fingerprint with every 2xx read the layer forwards, and bump on a change.
+    pub(crate) fingerprint_reads: bool,
+    /// Answer `304` from the table only while the inner service confirmed the version within
+    /// this long; after it, forward the read (conditionally, with the backend's validator).
+    pub(crate) revalidate_after: Option<Duration>,
+    /// Ask the inner service for the current fingerprint under the lock before deciding a
+    /// write, and record the written one after.
+    pub(crate) verify_writes: bool,
+    /// Forward a write with `If-Match: <the backend's strong tag>` for the version it names.
+    pub(crate) forward_validators: bool,
+}
+
+impl Bypass {
+    /// Whether fingerprints are kept at all.
+    pub(crate) fn any(&self) -> bool {
+        self.fingerprint_reads
+            || self.revalidate_after.is_some()
+            || self.verify_writes
+            || self.forward_validators
+    }
+}
+
+/// What the inner service serves for a resource, asked with a bodiless `head`, then `get`: the
+/// validator of its `HEAD` when it sends one, else of its `GET`, else a hash of the `GET`'s body
+/// (read to its end, never held); `Absent` for `404` or `410`; `None` when it says nothing
+/// usable. `inner` must be ready; it is used once or twice.
+pub(crate) async fn probe<S, ReqBody, ResBody>(
+    inner: &mut S,
+    head: Request<ReqBody>,
+    get: Request<ReqBody>,
+) -> Result<Option<Fingerprint>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let head = inner.call(head).await?;
+    match head.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Some(Fingerprint::Absent)),
+        status if status.is_success() => {
+            if let Some(fingerprint) = Fingerprint::of_headers(head.headers()) {
+                return Ok(Some(fingerprint));
+            }
+        }
+        _ => {}
+    }
+    poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let res = inner.call(get).await?;
+    match res.status() {
+        StatusCode::NOT_FOUND | StatusCode::GONE => Ok(Some(Fingerprint::Absent)),
+        StatusCode::OK => {
+            if let Some(fingerprint) = Fingerprint::of_headers(res.headers()) {
+                return Ok(Some(fingerprint));
+            }
+            let mut body = std::pin::pin!(res.into_body());
+            let mut hash = BodyHash::new();
+            while let Some(frame) = body.frame().await {
+                match frame.ok().map(Frame::into_data) {
+                    Some(Ok(data)) => hash.update(&data),
+                    Some(Err(_trailers)) => {}
+                    None => return Ok(None), // cut short: unknown
+                }
+            }
+            Ok(Some(hash.finish()))
+        }
+        _ => Ok(None),
     }
 }
 

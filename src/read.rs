@@ -20,12 +20,11 @@ use tower_service::Service;
 use crate::{
     answer::{self, Answer},
     body::ResponseBody,
-    fingerprint::{BodyHash, Fingerprint},
+    fingerprint::{BodyHash, Bypass, Fingerprint},
     precondition::{self, Conditions, Decision, Verdict},
-    request_body::FromBytes,
+    request_body::{bodiless, FromBytes},
     store::{Observed, Snapshot, Version, VersionStore},
     version::{existence_of, Existence},
-    write::Bypass,
 };
 
 /// How a read goes on once it has been looked at.
@@ -152,7 +151,7 @@ where
         Decided::Forward { if_exists } => (if_exists, false),
     };
     let (parts, body) = request.into_parts();
-    let retry = revalidating.then(|| crate::write::bodiless::<ReqBody>(method.clone(), &parts));
+    let retry = revalidating.then(|| bodiless::<ReqBody>(method.clone(), &parts));
     let res = inner.call(Request::from_parts(parts, body)).await?;
     let backend_304 = res.status() == StatusCode::NOT_MODIFIED;
     let (res, stamp, confirmed) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;

@@ -2,6 +2,11 @@
 //! lock is taken (so a slow upload never holds the resource), then handed on as the same type.
 
 use bytes::Bytes;
+use http::{
+    header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RANGE, TRANSFER_ENCODING},
+    request::Parts,
+    Method, Request,
+};
 use http_body::Body;
 use http_body_util::{
     combinators::{BoxBody, UnsyncBoxBody},
@@ -45,4 +50,26 @@ impl FromBytes for axum_core::body::Body {
     fn from_bytes(bytes: Bytes) -> Self {
         axum_core::body::Body::from(bytes)
     }
+}
+
+/// A bodiless, unconditional copy of the request `original` with `method`.
+pub(crate) fn bodiless<ReqBody: FromBytes>(method: Method, original: &Parts) -> Request<ReqBody> {
+    let mut probe = Request::new(ReqBody::from_bytes(Bytes::new()));
+    *probe.method_mut() = method;
+    *probe.uri_mut() = original.uri.clone();
+    *probe.version_mut() = original.version;
+    *probe.extensions_mut() = original.extensions.clone();
+    let headers = probe.headers_mut();
+    *headers = original.headers.clone();
+    crate::precondition::remove_conditions(headers);
+    for name in [
+        RANGE,
+        CONTENT_LENGTH,
+        CONTENT_TYPE,
+        TRANSFER_ENCODING,
+        EXPECT,
+    ] {
+        headers.remove(name);
+    }
+    probe
 }

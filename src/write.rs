@@ -22,21 +22,17 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{
-    header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, RANGE, TRANSFER_ENCODING},
-    request::Parts,
-    HeaderMap, Method, Request, Response, StatusCode,
-};
-use http_body::{Body, Frame};
+use http::{header::IF_MATCH, request::Parts, HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
 use crate::{
     answer::{self, Answer},
-    fingerprint::{BodyHash, Fingerprint},
+    fingerprint::{self, Bypass, Fingerprint},
     precondition::{self, Conditions, Decision, Verdict},
-    request_body::FromBytes,
+    request_body::{bodiless, FromBytes},
     store::Snapshot,
     store::{Existence, StoreError, VersionStore},
     version::existence_of,
@@ -56,32 +52,6 @@ pub(crate) struct Config {
     pub(crate) timeout_grace: Duration,
     /// Writers that bypass the layer: what the layer does to notice them.
     pub(crate) bypass: Bypass,
-}
-
-/// How the layer notices writes that reach the inner service without it (see
-/// [`crate::fingerprint`]). All off by default: the layer is then the only writer.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Bypass {
-    /// Record a fingerprint with every 2xx read the layer forwards, and bump on a change.
-    pub(crate) fingerprint_reads: bool,
-    /// Answer `304` from the table only while the inner service confirmed the version within
-    /// this long; after it, forward the read (conditionally, with the backend's validator).
-    pub(crate) revalidate_after: Option<Duration>,
-    /// Ask the inner service for the current fingerprint under the lock before deciding a
-    /// write, and record the written one after.
-    pub(crate) verify_writes: bool,
-    /// Forward a write with `If-Match: <the backend's strong tag>` for the version it names.
-    pub(crate) forward_validators: bool,
-}
-
-impl Bypass {
-    /// Whether fingerprints are kept at all.
-    pub(crate) fn any(&self) -> bool {
-        self.fingerprint_reads
-            || self.revalidate_after.is_some()
-            || self.verify_writes
-            || self.forward_validators
-    }
 }
 
 impl Default for Config {
@@ -144,7 +114,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: FromBytes,
+    ReqBody: FromBytes + Send + 'static,
     Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
@@ -179,7 +149,7 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: FromBytes,
+    ReqBody: FromBytes + Send + 'static,
     Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
@@ -209,12 +179,16 @@ where
     // What the backend serves once the write is done, read under the lock, unless the
     // write's own response says.
     let follow_up = bypass.any().then(|| {
-        let (mut follow, parts) = (inner.clone(), head_of(&parts));
+        let mut follow = inner.clone();
+        let (head, get) = (
+            bodiless(Method::HEAD, &parts),
+            bodiless(Method::GET, &parts),
+        );
         let timeout = config.write_timeout;
         Box::pin(async move {
             let probe = async {
                 poll_fn(|cx| follow.poll_ready(cx)).await?;
-                fingerprint_probe(&mut follow, &parts).await
+                fingerprint::probe(&mut follow, head, get).await
             };
             tokio::time::timeout(timeout, probe).await.ok()?.ok()?
         }) as FollowUp
@@ -279,16 +253,23 @@ where
             // Asks the backend what it holds now, once, and decides again against that.
             Step::Forward(_) | Step::Probe if config.bypass.verify_writes && !verified => {
                 let seen = store.peek(key, lock).await?;
-                let probe = async {
-                    poll_fn(|cx| inner.poll_ready(cx)).await?;
-                    fingerprint_probe(inner, request).await
-                };
+                let (head, get) = (
+                    bodiless(Method::HEAD, request),
+                    bodiless(Method::GET, request),
+                );
+                let probe = fingerprint::probe(inner, head, get);
                 let probe = tokio::time::timeout(config.write_timeout, probe).await;
                 let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten()
                 else {
                     return Ok(Decided::Answer(Answer::unverified(store.now())));
                 };
                 store.observe(key, &seen, &fingerprint, store.now()).await?;
+                // What it serves also says whether it exists: no second probe for a `*`.
+                let exists = match fingerprint {
+                    Fingerprint::Absent => Existence::Absent,
+                    _ => Existence::Exists,
+                };
+                store.learn_existence(key, lock, exists).await?;
                 verified = true;
                 poll_fn(|cx| inner.poll_ready(cx))
                     .await
@@ -466,85 +447,6 @@ where
     Ok(existence_of(status))
 }
 
-/// What the inner service serves for the resource `parts` names: the validator
-/// of its `HEAD` when it sends one, else of its `GET`, else a hash of the `GET`'s body (read to
-/// its end, never held); `Absent` for `404` or `410`; `None` when it says nothing usable. `inner`
-/// must be ready; it is used once or twice.
-async fn fingerprint_probe<S, ReqBody, ResBody>(
-    inner: &mut S,
-    parts: &Parts,
-) -> Result<Option<Fingerprint>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: FromBytes,
-    ResBody: Body<Data = Bytes>,
-{
-    let head = inner.call(bodiless(Method::HEAD, parts)).await?;
-    match head.status() {
-        StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Some(Fingerprint::Absent)),
-        status if status.is_success() => {
-            if let Some(fingerprint) = Fingerprint::of_headers(head.headers()) {
-                return Ok(Some(fingerprint));
-            }
-        }
-        _ => {}
-    }
-    poll_fn(|cx| inner.poll_ready(cx)).await?;
-    let res = inner.call(bodiless(Method::GET, parts)).await?;
-    match res.status() {
-        StatusCode::NOT_FOUND | StatusCode::GONE => Ok(Some(Fingerprint::Absent)),
-        StatusCode::OK => {
-            if let Some(fingerprint) = Fingerprint::of_headers(res.headers()) {
-                return Ok(Some(fingerprint));
-            }
-            let mut body = std::pin::pin!(res.into_body());
-            let mut hash = BodyHash::new();
-            while let Some(frame) = body.frame().await {
-                match frame.ok().map(Frame::into_data) {
-                    Some(Ok(data)) => hash.update(&data),
-                    Some(Err(_trailers)) => {}
-                    None => return Ok(None), // cut short: unknown
-                }
-            }
-            Ok(Some(hash.finish()))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// A copy of a request's head (`Parts` is not `Clone`), to build other requests from.
-fn head_of(parts: &Parts) -> Parts {
-    let mut head = Request::new(());
-    *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
-    *head.version_mut() = parts.version;
-    *head.headers_mut() = parts.headers.clone();
-    *head.extensions_mut() = parts.extensions.clone();
-    head.into_parts().0
-}
-
-/// A bodiless, unconditional copy of the request `original` with `method`.
-pub(crate) fn bodiless<ReqBody: FromBytes>(method: Method, original: &Parts) -> Request<ReqBody> {
-    let mut probe = Request::new(ReqBody::from_bytes(Bytes::new()));
-    *probe.method_mut() = method;
-    *probe.uri_mut() = original.uri.clone();
-    *probe.version_mut() = original.version;
-    *probe.extensions_mut() = original.extensions.clone();
-    let headers = probe.headers_mut();
-    *headers = original.headers.clone();
-    precondition::remove_conditions(headers);
-    for name in [
-        RANGE,
-        CONTENT_LENGTH,
-        CONTENT_TYPE,
-        TRANSFER_ENCODING,
-        EXPECT,
-    ] {
-        headers.remove(name);
-    }
-    probe
-}
-
 /// A write forwarded under its resource's lock. Settling it, or dropping it unsettled (inner
 /// error, timeout, or its task cancelled), records the outcome and releases the lock.
 pub(crate) struct WriteInFlight<Key: Clone, St: VersionStore<Key>> {
@@ -596,9 +498,10 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
         } else {
             Existence::Unknown
         };
-        // What the backend serves now, recorded with the new version before the lock goes: its
-        // own validator on the write's response, else read under the lock; if neither tells,
-        // whatever is seen next counts as a change.
+        // What the backend serves now, recorded with the new version before the lock goes, for
+        // the client that gets that version with a 2xx: the write response's own validator,
+        // else read under the lock; if neither tells, whatever is seen next counts as a change.
+        // No client holds the version of another outcome: what is seen next is its baseline.
         let fingerprint = match self.follow_up.take() {
             Some(follow_up) if status.is_success() => {
                 Some(match Fingerprint::of_headers(res.headers()) {
@@ -606,8 +509,7 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
                     None => follow_up.await.unwrap_or(Fingerprint::Unknown),
                 })
             }
-            Some(_) => Some(Fingerprint::Unknown),
-            None => None,
+            _ => None,
         };
         match self.store.bump(&self.key, lock, exists, fingerprint).await {
             Ok(version) if status.is_success() => {
