@@ -267,19 +267,13 @@ where
         exists: Existence,
         fingerprint: Option<Fingerprint>,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send {
-        let now = self.now_secs();
-        let version = self.bump_sync(key, now, exists);
-        if let Some(fingerprint) = fingerprint {
-            self.update(key, |entry| {
-                entry.extras().seen = Some(Box::new((fingerprint, now)))
-            });
-        }
-        drop(lock); // released only after the bump and its fingerprint
+        let version = self.bump_sync(key, self.now_secs(), exists, fingerprint);
+        drop(lock); // released only after the bump
         ready(Ok(version))
     }
 
     fn bump_unsettled(&self, key: K, lock: Self::Lock) {
-        self.bump_sync(&key, self.now_secs(), Existence::Unknown);
+        self.bump_sync(&key, self.now_secs(), Existence::Unknown, None);
         drop(lock);
     }
 }
@@ -470,13 +464,25 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
 
     /// Records a write to `key` at `now` that left the resource as `exists` says, and returns
     /// the new version.
-    fn bump_sync(&self, key: &K, now: u64, exists: Existence) -> Version {
+    fn bump_sync(
+        &self,
+        key: &K,
+        now: u64,
+        exists: Existence,
+        fingerprint: Option<Fingerprint>,
+    ) -> Version {
         let instance = self.instance;
         self.update(key, |entry| {
             let next = entry.version(instance).next(now, exists);
             entry.set_version(next);
-            if let Some(extras) = &mut entry.extras {
-                extras.seen = None; // the write changed the representation
+            // The write changed the representation: what the backend serves since, or nothing.
+            match fingerprint {
+                Some(fingerprint) => entry.extras().seen = Some(Box::new((fingerprint, now))),
+                None => {
+                    if let Some(extras) = &mut entry.extras {
+                        extras.seen = None;
+                    }
+                }
             }
             next
         })
@@ -520,7 +526,11 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
                 }
                 _ => Observed::Confirmed,
             };
-            extras.seen = Some(Box::new((fingerprint.clone(), now)));
+            match (&observed, &mut extras.seen) {
+                // The same again: only when it was confirmed changes.
+                (Observed::Confirmed, Some(seen)) => seen.1 = now,
+                _ => extras.seen = Some(Box::new((fingerprint.clone(), now))),
+            }
             if let Observed::Changed(next) | Observed::Bumped(next) = observed {
                 extras.cached = None;
                 entry.set_version(next);
@@ -647,14 +657,14 @@ mod tests {
     #[test]
     fn bumps_increase_the_counter_and_track_ambiguity() {
         let table = table_at(1000);
-        let a = table.bump_sync(&"/a", 1000, Existence::Exists);
+        let a = table.bump_sync(&"/a", 1000, Existence::Exists, None);
         assert!(
             a.ambiguous,
             "the floor second may hold pre-restart versions"
         );
-        let b = table.bump_sync(&"/a", 1002, Existence::Exists);
+        let b = table.bump_sync(&"/a", 1002, Existence::Exists, None);
         assert!(!b.ambiguous && b.counter > a.counter);
-        let c = table.bump_sync(&"/a", 1002, Existence::Exists);
+        let c = table.bump_sync(&"/a", 1002, Existence::Exists, None);
         assert!(c.ambiguous && c.counter > b.counter);
         assert_eq!(table.current_sync(&"/a", 1002).version, c);
         assert_eq!(table.current_sync(&"/b", 1002).version.counter, 0);
@@ -667,8 +677,8 @@ mod tests {
             table.peek_sync(&"/a"),
             Version::unknown(table.instance, 1000, 0)
         );
-        table.bump_sync(&"/a", 1001, Existence::Exists);
-        table.bump_sync(&"/a", 1001, Existence::Exists);
+        table.bump_sync(&"/a", 1001, Existence::Exists, None);
+        table.bump_sync(&"/a", 1001, Existence::Exists, None);
         assert!(table.peek_sync(&"/a").ambiguous);
         assert_eq!(table.peek_sync(&"/a").modified, 1001);
         assert_eq!(table.len(), 1);
@@ -679,11 +689,55 @@ mod tests {
         let table = table_at(1000);
         table.learn_from_read_sync(&"/a", 0, Existence::Absent, None);
         assert_eq!(table.peek_sync(&"/a").exists, Existence::Absent);
-        let v = table.bump_sync(&"/a", 1001, Existence::Exists);
+        let v = table.bump_sync(&"/a", 1001, Existence::Exists, None);
         table.learn_from_read_sync(&"/a", 0, Existence::Absent, None); // a read that began before the write
         assert_eq!(table.peek_sync(&"/a").exists, Existence::Exists);
         table.learn_from_read_sync(&"/a", v.counter, Existence::Absent, None);
         assert_eq!(table.peek_sync(&"/a").exists, Existence::Absent);
+    }
+
+    /// Invariant 3 with fingerprints: an observation may stamp the version it bumps only if
+    /// what is recorded is still what its snapshot carried; one that compared with an older
+    /// record (another read recorded newer data meanwhile) bumps, but must not stamp.
+    #[test]
+    fn only_an_observation_of_the_current_record_may_stamp_the_change() {
+        let table = table_at(1000);
+        let body = |n| Fingerprint::Body(n);
+        let before = table.current_sync(&"/a", 1001);
+        // Two reads of the same version: the newer data is recorded first.
+        assert_eq!(
+            table.observe_sync(&"/a", &before, &body(2), 1001),
+            Observed::Confirmed
+        );
+        match table.observe_sync(&"/a", &before, &body(1), 1001) {
+            Observed::Bumped(next) => assert!(next.counter > before.version.counter),
+            other => panic!("the older read must not stamp the bump: {other:?}"),
+        }
+        // A read that compared with the current record stamps the change it saw.
+        let current = table.current_sync(&"/a", 1002);
+        match table.observe_sync(&"/a", &current, &body(3), 1002) {
+            Observed::Changed(next) => assert!(next.counter > current.version.counter),
+            other => panic!("{other:?}"),
+        }
+        // A version the layer wrote without learning what the backend serves: any sight is a
+        // change; a read that began before a write through the layer records nothing.
+        let written = table.bump_sync(&"/a", 1003, Existence::Exists, Some(Fingerprint::Unknown));
+        let after = table.current_sync(&"/a", 1003);
+        assert_eq!(after.version, written);
+        assert!(matches!(
+            table.observe_sync(&"/a", &after, &body(3), 1003),
+            Observed::Changed(_)
+        ));
+        assert_eq!(
+            table.observe_sync(&"/a", &before, &body(9), 1003),
+            Observed::Superseded
+        );
+        // What a 404 shows makes the resource absent.
+        let now = table.current_sync(&"/a", 1004);
+        match table.observe_sync(&"/a", &now, &Fingerprint::Absent, 1004) {
+            Observed::Changed(next) => assert_eq!(next.exists, Existence::Absent),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -733,11 +787,11 @@ mod tests {
         for (i, key) in KEYS.iter().enumerate().take(16) {
             // Two writes each, one second apart per key, so recency and versions differ.
             let now = 1001 + i as u64;
-            table.bump_sync(key, now, Existence::Exists);
-            versions.push(table.bump_sync(key, now, Existence::Exists));
+            table.bump_sync(key, now, Existence::Exists, None);
+            versions.push(table.bump_sync(key, now, Existence::Exists, None));
         }
         assert_eq!(table.len(), 16);
-        table.bump_sync(&KEYS[16], 2000, Existence::Exists);
+        table.bump_sync(&KEYS[16], 2000, Existence::Exists, None);
         assert!(table.len() <= 16, "{}", table.len());
         // The oldest are gone, and come back no older than they were.
         let forgotten: Vec<_> = (0..16)
@@ -759,7 +813,7 @@ mod tests {
         let lock = table.write_lock(&KEYS[0]);
         let _held = lock.clone().try_lock_owned().unwrap();
         for (i, key) in KEYS.iter().enumerate().skip(1) {
-            table.bump_sync(key, 1001 + i as u64, Existence::Exists);
+            table.bump_sync(key, 1001 + i as u64, Existence::Exists, None);
         }
         assert!(table.len() <= 8);
         assert!(
