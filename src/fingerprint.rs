@@ -211,7 +211,18 @@ impl BodyHash {
     }
 
     pub(crate) fn finish(self) -> Fingerprint {
-        Fingerprint::Body(self.0)
+        Fingerprint::Body(self.digest())
+    }
+
+    /// The hash of `bytes` (also how the Redis store names an epoch's ETag instance).
+    pub(crate) fn of(bytes: &[u8]) -> u64 {
+        let mut hash = Self::new();
+        hash.update(bytes);
+        hash.digest()
+    }
+
+    fn digest(self) -> u64 {
+        self.0
     }
 }
 

@@ -278,3 +278,49 @@ async fn a_lease_outlasts_the_whole_write() {
     backend.release();
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
 }
+
+/// Invariant 3 with fingerprints, in the store's script: an observation that compared with an
+/// older record (another read recorded newer data meanwhile) bumps, but must not stamp; one that
+/// compared with the current record stamps the change it saw.
+#[tokio::test]
+async fn an_older_observation_bumps_but_never_stamps() {
+    use tower_conditional::store::{Fingerprint, Observed, RedisStore, VersionStore};
+
+    let redis = RedisServer::start().await;
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let key: &'static str = "/doc";
+    let current = |store: RedisStore| async move {
+        for _ in 0..100 {
+            match VersionStore::<&str>::current(&store, &key, 0).await {
+                Ok(snapshot) => return snapshot,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("Redis never answered");
+    };
+    let before = current(store.clone()).await;
+    let newer = store.observe(&key, &before, &Fingerprint::Body(2), 0).await;
+    assert_eq!(newer.unwrap(), Observed::Confirmed);
+    match store
+        .observe(&key, &before, &Fingerprint::Body(1), 0)
+        .await
+        .unwrap()
+    {
+        Observed::Bumped(next) => assert!(next.counter > before.version.counter),
+        other => panic!("the older read must not stamp the bump: {other:?}"),
+    }
+    let now = current(store.clone()).await;
+    match store
+        .observe(&key, &now, &Fingerprint::Absent, 0)
+        .await
+        .unwrap()
+    {
+        Observed::Changed(next) => {
+            assert!(next.counter > now.version.counter);
+            assert_eq!(next.exists, tower_conditional::store::Existence::Absent);
+        }
+        other => panic!("{other:?}"),
+    }
+    let stale = store.observe(&key, &before, &Fingerprint::Body(3), 0).await;
+    assert_eq!(stale.unwrap(), Observed::Superseded);
+}

@@ -39,7 +39,7 @@ use http::HeaderMap;
 use redis::{aio::ConnectionManager, Script};
 
 use super::{Existence, Fingerprint, Observed, Rekey, Snapshot, StoreError, Version, VersionStore};
-use crate::clock::unix_secs;
+use crate::{clock::unix_secs, fingerprint::BodyHash};
 
 /// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
 ///
@@ -126,6 +126,18 @@ local function read(key)
   if not h[1] then return 0, floor, 1, 'u' end
   return tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), h[4]
 end
+-- The version after (c, m): the next counter, dated now, never backward; a date it shares with
+-- the version before is ambiguous.
+local function bumped(c, m)
+  local m2 = math.max(now, m)
+  if m2 == m then return c + 1, m2, 1 end
+  return c + 1, m2, 0
+end
+-- The fingerprint recorded with the version and when it was confirmed ('' and 0 if none).
+local function seen(key)
+  local s = redis.call('HMGET', key, 'f', 't')
+  return s[1] or '', tonumber(s[2] or '0')
+end
 "#;
 
 // KEYS[2] = version. The current version, re-dated if ambiguous and Redis time has moved on.
@@ -135,8 +147,8 @@ if a == 1 and now > m then
   m = now; a = 0
   redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x)
 end
-local seen = redis.call('HMGET', KEYS[2], 'f', 't')
-return {instance, c, m, a, x, seen[1] or '', tonumber(seen[2] or '0')}
+local f, t = seen(KEYS[2])
+return {instance, c, m, a, x, f, t}
 "#;
 
 // KEYS[2] = version; ARGV[2] = the counter the read saw, ARGV[3] = the fingerprint it saw,
@@ -153,32 +165,29 @@ if (not f) or same(f, ARGV[3]) then
   redis.call('HSET', KEYS[2], 'c', c, 'm', m, 'a', a, 'x', x, 'f', ARGV[3], 't', now)
   return {instance, c, m, a, x, 'c'}
 end
-local m2 = math.max(now, m)
-local a2 = 0
-if m2 == m then a2 = 1 end
+local c2, m2, a2 = bumped(c, m)
 local x2 = 'e'
 if ARGV[3] == 'a' then x2 = 'a' end
-redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', x2, 'f', ARGV[3], 't', now)
+redis.call('HSET', KEYS[2], 'c', c2, 'm', m2, 'a', a2, 'x', x2, 'f', ARGV[3], 't', now)
 local outcome = 'B'
 if f == 'u' or (ARGV[4] ~= '' and same(f, ARGV[4])) then outcome = 'b' end
-return {instance, c + 1, m2, a2, x2, outcome}
+return {instance, c2, m2, a2, x2, outcome}
 "#;
 
 const PEEK: &str = r#"
 local c, m, a, x = read(KEYS[2])
-local seen = redis.call('HMGET', KEYS[2], 'f', 't')
-return {instance, c, m, a, x, seen[1] or '', tonumber(seen[2] or '0')}
+local f, t = seen(KEYS[2])
+return {instance, c, m, a, x, f, t}
 "#;
 
-// KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = existence after the write.
+// KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = existence after the write,
+// ARGV[4] = what the backend serves since ('' for nothing known).
 // Bumps (the date never goes backward; a shared date is ambiguous), then releases the lease if
 // this writer still holds it. Returns the new version and whether the lease was still held.
 const BUMP: &str = r#"
 local c, m, a, x = read(KEYS[2])
-local m2 = math.max(now, m)
-local a2 = 0
-if m2 == m then a2 = 1 end
-redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', ARGV[3])
+local c2, m2, a2 = bumped(c, m)
+redis.call('HSET', KEYS[2], 'c', c2, 'm', m2, 'a', a2, 'x', ARGV[3])
 if ARGV[4] == '' then
   redis.call('HDEL', KEYS[2], 'f', 't')
 else
@@ -189,7 +198,7 @@ local held = 0
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3]); held = 1
 end
-return {instance, c + 1, m2, a2, ARGV[3], held}
+return {instance, c2, m2, a2, ARGV[3], held}
 "#;
 
 // KEYS[2] = version; ARGV[2] = counter read ('' for any), ARGV[3] = existence.
@@ -201,7 +210,6 @@ end
 return 1
 "#;
 
-// KEYS[1] = lease; ARGV[1] = token.
 // KEYS[2] = version, KEYS[3] = lease; ARGV[2] = token, ARGV[3] = lease in ms. Takes the lease
 // and marks the version "a write may be under way" with the token: a holder that dies (or
 // outlives its lease) after forwarding leaves the mark, and the next holder bumps first, since
@@ -209,11 +217,9 @@ return 1
 const LOCK: &str = r#"
 if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
 if redis.call('HEXISTS', KEYS[2], 'w') == 1 then
-  local c, m, a, x = read(KEYS[2])
-  local m2 = math.max(now, m)
-  local a2 = 0
-  if m2 == m then a2 = 1 end
-  redis.call('HSET', KEYS[2], 'c', c + 1, 'm', m2, 'a', a2, 'x', 'u')
+  local c, m = read(KEYS[2])
+  local c2, m2, a2 = bumped(c, m)
+  redis.call('HSET', KEYS[2], 'c', c2, 'm', m2, 'a', a2, 'x', 'u')
   redis.call('HDEL', KEYS[2], 'f', 't')
 end
 redis.call('HSET', KEYS[2], 'w', ARGV[2])
@@ -391,9 +397,7 @@ fn version((epoch, counter, modified, ambiguous, exists): Row) -> Result<Version
 /// The id joins the proposing proxy's random number with the Redis time, microseconds
 /// included, so an epoch made after a restart never shares the instance of one before it.
 fn epoch_instance(epoch: &str) -> u64 {
-    epoch.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    BodyHash::of(epoch.as_bytes())
 }
 
 /// `now + duration`, or far in the future when that overflows (a huge setting is "never").
