@@ -62,10 +62,6 @@ fn raw_header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn etag(reply: &Reply) -> String {
-    reply.header(header::ETAG).expect("an ETag").to_owned()
-}
-
 fn upstream_arg(upstream: SocketAddr) -> String {
     format!("http://{upstream}")
 }
@@ -104,7 +100,7 @@ async fn authority_form_and_origin_form_writers_of_one_resource_lose_nothing() {
         None => status(&a_read),
     };
     let b_write = client
-        .send(Method::PUT, "/", &[("if-match", &etag(&b_read))], "B")
+        .send(Method::PUT, "/", &[("if-match", &b_read.tag())], "B")
         .await;
     assert!(
         !((200..300).contains(&a_write) && b_write.status.is_success()),
@@ -193,10 +189,10 @@ async fn two_spellings(client: &HttpClient, first: &str, second: &str) -> (Reply
     let a = client.send(Method::GET, first, &[], "").await;
     let b = client.send(Method::GET, second, &[], "").await;
     let a = client
-        .send(Method::PUT, first, &[("if-match", &etag(&a))], "A")
+        .send(Method::PUT, first, &[("if-match", &a.tag())], "A")
         .await;
     let b = client
-        .send(Method::PUT, second, &[("if-match", &etag(&b))], "B")
+        .send(Method::PUT, second, &[("if-match", &b.tag())], "B")
         .await;
     (a, b)
 }
