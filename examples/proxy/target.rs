@@ -51,19 +51,25 @@ pub fn admit<B>(req: &mut Request<B>) -> Result<(), OwnAnswer> {
     if !valid_percent_encoding(&path) || hides_dot_segment(&path) {
         return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_PATH));
     }
-    let path = normalize_path(&path);
-    let origin_form = match query {
-        Some(query) => format!("{path}?{query}"),
-        None => path.into_owned(),
-    };
-    let Ok(origin_form) = origin_form.parse::<PathAndQuery>() else {
-        return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_PATH));
-    };
+    let normal = normalize_path(&path);
+    // The usual case, an origin-form target already normal, is kept as it is: no allocation.
+    let unchanged = uri.scheme().is_none()
+        && matches!((&path, &normal), (Cow::Borrowed(_), Cow::Borrowed(_)))
+        && matches!(query, None | Some(Cow::Borrowed(_)));
     // RFC 9112 §3.2.2 (and RFC 9113 §8.3.1 for `:authority`): the target's authority, when it
     // has one, replaces `Host`.
     let authority = uri.authority().map(|a| a.as_str().to_owned());
     let version = req.version();
-    *req.uri_mut() = Uri::from(origin_form);
+    if !unchanged {
+        let origin_form = match query {
+            Some(query) => format!("{normal}?{query}"),
+            None => normal.into_owned(),
+        };
+        let Ok(origin_form) = origin_form.parse::<PathAndQuery>() else {
+            return Err(OwnAnswer::new(StatusCode::BAD_REQUEST, BAD_PATH));
+        };
+        *req.uri_mut() = Uri::from(origin_form);
+    }
     let headers = req.headers_mut();
     if let Some(authority) = authority {
         let Ok(value) = HeaderValue::from_str(&authority) else {
