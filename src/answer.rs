@@ -158,6 +158,18 @@ before retrying.\n",
         )
     }
 
+    /// `503`: the backend answered a write, but its version could not be recorded under the
+    /// lock (the version store failed over, or the write outlived its lease), so another
+    /// write may have overtaken it.
+    pub(crate) fn write_unrecorded(now: u64) -> Self {
+        Self::unavailable(
+            "503 Service Unavailable: the write reached the service, but its new version could \
+not be recorded (the version store failed over, or the write took longer than its lock), so \
+another write may have overtaken it. Re-read the resource before writing again.\n",
+            now,
+        )
+    }
+
     /// `503`: with `verify_writes`, the backend did not say what it serves now (no 2xx, `404` or
     /// `410` in time), so the write cannot be checked against writers that bypass the layer.
     pub(crate) fn unverified(now: u64) -> Self {

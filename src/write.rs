@@ -93,7 +93,8 @@ pub(crate) enum Prepared<R, E> {
 /// What the task running a forwarded write reports.
 pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
-    /// The layer answers instead (the backend refused a validator the layer forwarded).
+    /// The layer answers instead (the backend refused a validator the layer forwarded, or a
+    /// success could not be recorded).
     Answer(Answer),
     TimedOut,
     /// The inner service's future panicked.
@@ -516,6 +517,11 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
                 answer::stamp(res.headers_mut(), version, self.store.now())
             }
             Ok(_) => {}
+            // A success the layer cannot vouch for: the client must re-read, not build on it.
+            Err(err) if status.is_success() => {
+                tracing::error!(error = %err, "a write's version could not be recorded");
+                return Outcome::Answer(Answer::write_unrecorded(self.store.now()));
+            }
             Err(err) => tracing::error!(error = %err, "a write's version could not be recorded"),
         }
         Outcome::Response(Ok(res))

@@ -1,0 +1,556 @@
+//! [`RedisStore`]: one version store for several proxies, on Redis: one server, a primary
+//! watched by Sentinel, or a Redis Cluster.
+//!
+//! Every check-and-update runs as one server-side script on the Redis that holds the resource,
+//! so it is atomic across proxies, and dates come from Redis `TIME`. Each resource `R` is one
+//! hash, `tc:R` (the prefix is configurable), which holds its version, its write lease and the
+//! history its version belongs to; every script touches that key only, so a Redis Cluster
+//! spreads resources over its slots and never sees a cross-slot call.
+//!
+//! # Failover
+//!
+//! Redis replication is asynchronous: a promoted replica, or a primary restarted from an older
+//! snapshot, may lack the last versions the layer issued. Every script compares the server's
+//! run id and replication id with the ones the resource's record was written under; when they
+//! differ, the record is from another history, and the resource starts over as an unknown one:
+//! a new tag (hashed from the new history), dated now and ambiguous for a second more than
+//! usual (clocks of two Redis servers may differ). No validator issued before then validates,
+//! so a client holding one gets `412` and re-reads; a client that re-reads writes again at
+//! once with the new tag, or with its date two seconds later.
+//!
+//! A lease lasts as long as the layer may hold the lock: twice its write timeout (the existence
+//! probe, then the write), plus the grace period, plus a second for the store's own calls. The
+//! layer sizes it; nothing is left to configure by hand. A write whose bump finds its lease gone
+//! (it outlived it, or the Redis that held it failed over) is answered `503`: another writer may
+//! have overtaken it.
+//!
+//! Limits, stated plainly: a write in flight while its lease is lost (a process paused longer
+//! than its lease, a failover before the lease reached the replica) can be overtaken by the next
+//! writer before its own bump; and Redis must not evict these keys (`maxmemory-policy
+//! noeviction`, or a `volatile-*` policy), since a record Redis forgets within one history would
+//! start again at counter 0 and could reissue a tag.
+
+mod connection;
+mod scripts;
+
+use std::{
+    collections::hash_map::RandomState,
+    future::Future,
+    hash::BuildHasher,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::HeaderMap;
+use redis::{Script, ScriptInvocation};
+
+use self::connection::Connection;
+use super::{Existence, Fingerprint, Observed, Rekey, Snapshot, StoreError, Version, VersionStore};
+use crate::{clock::unix_secs, fingerprint::BodyHash};
+
+/// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
+///
+/// ```no_run
+/// use tower_conditional::{store::RedisStore, ConditionalLayer};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::open("redis://127.0.0.1:6379/")?;
+/// let layer = ConditionalLayer::new().store(store);
+/// // A key function, before or after the store, keeps it.
+/// let layer = layer.key_fn(|parts: &http::request::Parts| Some(parts.uri.path().to_owned()));
+/// # drop(layer);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    current: Script,
+    peek: Script,
+    lock: Script,
+    bump: Script,
+    release: Script,
+    learn: Script,
+    observe: Script,
+}
+
+/// Proof of a held lease on a resource's lock. Dropping it releases the lease (in a task).
+pub struct RedisLock {
+    store: Option<RedisStore>,
+    key: String,
+    token: String,
+    /// When the lease expires at the latest (measured from before it was taken).
+    expires: Instant,
+    /// The version read with the lease, for the writer's first look (it saves a round trip).
+    taken_at: Mutex<Option<Snapshot>>,
+}
+
+impl std::fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("key", &self.key)
+            .field(
+                "expires_in",
+                &self.expires.saturating_duration_since(Instant::now()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A version as the scripts return it: history, counter, date, ambiguity, existence.
+type Row = (String, u64, u64, u8, String);
+
+impl RedisStore {
+    /// A store on the Redis at `url`: `redis://127.0.0.1:6379/` (also `rediss://`, `unix://`),
+    /// or the primary of a Sentinel service, `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE`,
+    /// followed through its failovers. The connection is made lazily and remade when lost, so
+    /// this succeeds while Redis is down: writes then get `503`, reads are forwarded without the
+    /// `304` shortcut. Must be called within a tokio runtime.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Ok(Self::on(Connection::open(url)?))
+    }
+
+    /// A store on a Redis Cluster, found from any of its `nodes` (e.g.
+    /// `["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"]`). Each resource lives in its own
+    /// slot; the cluster's failovers are followed. Connected lazily, as [`open`](Self::open).
+    ///
+    /// ```no_run
+    /// use tower_conditional::{store::RedisStore, ConditionalLayer};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::cluster(["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"])?;
+    /// let layer = ConditionalLayer::new().store(store);
+    /// # drop(layer);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Ok(Self::on(Connection::cluster(nodes)?))
+    }
+
+    fn on(connection: Connection) -> Self {
+        let script = |body: &str| Script::new(&format!("{}{body}", scripts::PRELUDE));
+        Self {
+            connection,
+            prefix: Arc::from("tc:"),
+            scripts: Arc::new(Scripts {
+                current: script(scripts::CURRENT),
+                peek: script(scripts::PEEK),
+                lock: script(scripts::LOCK),
+                bump: script(scripts::BUMP),
+                release: Script::new(scripts::RELEASE),
+                learn: script(scripts::LEARN),
+                observe: script(scripts::OBSERVE),
+            }),
+        }
+    }
+
+    /// Prefixes every key (default `tc:`), e.g. to share one Redis between deployments.
+    ///
+    /// ```no_run
+    /// use tower_conditional::store::RedisStore;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let staging = RedisStore::open("redis://127.0.0.1:6379/")?.prefix("staging:tc:");
+    /// # drop(staging);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// Whether Redis answers (for a cluster, every node): for a readiness check.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.connection.ping().await.map_err(StoreError::new)
+    }
+
+    /// The record of the resource `key`.
+    fn record(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs one script on the record of `key`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut call: ScriptInvocation<'_> = script.key(self.record(key));
+        for arg in args {
+            call.arg(*arg);
+        }
+        self.connection.invoke(&call).await.map_err(StoreError::new)
+    }
+
+    /// A snapshot from `CURRENT` or `PEEK`.
+    async fn snapshot(&self, script: &Script, key: &str) -> Result<Snapshot, StoreError> {
+        let (history, counter, modified, ambiguous, exists, fingerprint, confirmed): (
+            String,
+            u64,
+            u64,
+            u8,
+            String,
+            String,
+            u64,
+        ) = self.run(script, key, &[]).await?;
+        let version = version((history, counter, modified, ambiguous, exists));
+        Ok(Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed))
+    }
+
+    async fn bump_with_retries(
+        &self,
+        key: &str,
+        token: &str,
+        expires: Instant,
+        exists: Existence,
+        fingerprint: Option<&Fingerprint>,
+    ) -> Result<Version, StoreError> {
+        let fingerprint = fingerprint.map_or(String::new(), Fingerprint::encode);
+        // The write has happened (or may have): keep trying to record it while the lease keeps
+        // other writers out.
+        loop {
+            let attempt: Result<(String, u64, u64, u8, String, u8), _> = self
+                .run(
+                    &self.scripts.bump,
+                    key,
+                    &[token, existence_code(exists), &fingerprint],
+                )
+                .await;
+            match attempt {
+                Ok((history, counter, modified, ambiguous, exists, held)) => {
+                    if held == 0 {
+                        tracing::warn!(key, "a write outlived its lease (or Redis failed over)");
+                        return Err(StoreError::new(
+                            "the write's lease was lost before its bump: another writer may \
+                             have overtaken it",
+                        ));
+                    }
+                    return Ok(version((history, counter, modified, ambiguous, exists)));
+                }
+                Err(err) if Instant::now() >= expires => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn release(&self, key: &str, token: &str) {
+        let result: Result<i64, _> = self.run(&self.scripts.release, key, &[token]).await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, key, "a lease could not be released; it expires on its own");
+        }
+    }
+
+    async fn learn(
+        &self,
+        key: &str,
+        counter: Option<u64>,
+        exists: Existence,
+    ) -> Result<(), StoreError> {
+        let counter = counter.map_or(String::new(), |c| c.to_string());
+        let _: i64 = self
+            .run(
+                &self.scripts.learn,
+                key,
+                &[&counter, existence_code(exists)],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn existence_code(exists: Existence) -> &'static str {
+    match exists {
+        Existence::Unknown => "u",
+        Existence::Exists => "e",
+        Existence::Absent => "a",
+    }
+}
+
+fn version((history, counter, modified, ambiguous, exists): Row) -> Version {
+    Version {
+        instance: history_instance(&history),
+        counter,
+        modified,
+        ambiguous: ambiguous == 1,
+        exists: match exists.as_str() {
+            "e" => Existence::Exists,
+            "a" => Existence::Absent,
+            _ => Existence::Unknown,
+        },
+    }
+}
+
+/// The ETag instance of a history: a hash of the server's run and replication ids that every
+/// proxy computes alike (FNV-1a). Both ids are random per process and per promotion, so tags
+/// of two histories never meet.
+fn history_instance(history: &str) -> u64 {
+    BodyHash::of(history.as_bytes())
+}
+
+/// `now + duration`, or far in the future when that overflows (a huge setting is "never").
+fn after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn random_token() -> String {
+    format!(
+        "{:x}{:x}",
+        RandomState::new().hash_one(SystemTime::now()),
+        RandomState::new().hash_one(std::thread::current().id())
+    )
+}
+
+impl<K> VersionStore<K> for RedisStore
+where
+    K: AsRef<str> + Send + Sync + 'static,
+{
+    type Lock = RedisLock;
+
+    fn now(&self) -> u64 {
+        unix_secs(SystemTime::now())
+    }
+
+    fn tracked_resources(&self) -> usize {
+        0 // nothing is kept in the process
+    }
+
+    fn current(
+        &self,
+        key: &K,
+        _now: u64,
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move { self.snapshot(&self.scripts.current, &key).await }
+    }
+
+    /// The first look after [`lock`](VersionStore::lock) costs nothing: the lease script read
+    /// the version with the lease.
+    fn peek(
+        &self,
+        key: &K,
+        lock: &RedisLock,
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        let taken_at = lock
+            .taken_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let key = key.as_ref().to_owned();
+        async move {
+            match taken_at {
+                Some(snapshot) => Ok(snapshot),
+                None => self.snapshot(&self.scripts.peek, &key).await,
+            }
+        }
+    }
+
+    fn observe(
+        &self,
+        key: &K,
+        seen: &Snapshot,
+        fingerprint: &Fingerprint,
+        _now: u64, // Redis `TIME` dates it, as every other version
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        let fingerprint = fingerprint.encode();
+        let counter = seen.version.counter.to_string();
+        let carried = seen
+            .fingerprint
+            .as_ref()
+            .map_or(String::new(), Fingerprint::encode);
+        async move {
+            let (history, counter, modified, ambiguous, exists, outcome): (
+                String,
+                u64,
+                u64,
+                u8,
+                String,
+                String,
+            ) = self
+                .run(
+                    &self.scripts.observe,
+                    &key,
+                    &[&counter, &fingerprint, &carried],
+                )
+                .await?;
+            let version = version((history, counter, modified, ambiguous, exists));
+            Ok(match outcome.as_str() {
+                "c" => Observed::Confirmed,
+                "b" => Observed::Changed(version),
+                "B" => Observed::Bumped(version),
+                _ => Observed::Superseded,
+            })
+        }
+    }
+
+    /// Only existence is kept: `304`s from a Redis store repeat no cached headers.
+    fn learn_from_read(&self, key: &K, seen: &Snapshot, exists: Existence, _headers: &HeaderMap) {
+        if exists == Existence::Unknown || exists == seen.version.exists {
+            return;
+        }
+        let counter = seen.version.counter;
+        let (store, key) = (self.clone(), key.as_ref().to_owned());
+        tokio::spawn(async move {
+            let _ = store.learn(&key, Some(counter), exists).await;
+        });
+    }
+
+    fn learn_existence(
+        &self,
+        key: &K,
+        _lock: &RedisLock,
+        exists: Existence,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move { self.learn(&key, None, exists).await }
+    }
+
+    /// One round trip when the lease is free: the script takes it and reads the version.
+    fn lock(
+        &self,
+        key: &K,
+        wait: Duration,
+        hold: Duration,
+    ) -> impl Future<Output = Result<Option<RedisLock>, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        async move {
+            let deadline = after(wait);
+            let lease = u64::try_from(hold.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+                .to_string();
+            let mut pause = Duration::from_millis(2);
+            // Made before the first call: if this future is dropped, or a call fails, after
+            // Redis granted the lease but before its answer arrived, dropping it releases the
+            // lease (by token: a lease someone else holds is left alone).
+            let mut held = RedisLock {
+                store: Some(self.clone()),
+                key,
+                token: random_token(),
+                expires: after(hold),
+                taken_at: Mutex::new(None),
+            };
+            loop {
+                held.expires = after(hold);
+                let (taken, history, counter, modified, ambiguous, exists, fingerprint, confirmed): (
+                    u8,
+                    String,
+                    u64,
+                    u64,
+                    u8,
+                    String,
+                    String,
+                    u64,
+                ) = self
+                    .run(&self.scripts.lock, &held.key, &[&held.token, &lease])
+                    .await?;
+                if taken == 1 {
+                    let version = version((history, counter, modified, ambiguous, exists));
+                    let snapshot = Snapshot::new(version)
+                        .with_fingerprint(Fingerprint::decode(&fingerprint), confirmed);
+                    held.taken_at = Mutex::new(Some(snapshot));
+                    return Ok(Some(held));
+                }
+                if Instant::now() >= deadline {
+                    held.store = None; // Redis said it is not ours: nothing to release
+                    return Ok(None);
+                }
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// One round trip: the script bumps and releases the lease.
+    fn bump(
+        &self,
+        key: &K,
+        mut lock: RedisLock,
+        exists: Existence,
+        fingerprint: Option<Fingerprint>,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        let key = key.as_ref().to_owned();
+        lock.store = None; // the bump releases it
+        async move {
+            self.bump_with_retries(
+                &key,
+                &lock.token,
+                lock.expires,
+                exists,
+                fingerprint.as_ref(),
+            )
+            .await
+        }
+    }
+
+    fn bump_unsettled(&self, key: K, mut lock: RedisLock) {
+        lock.store = None;
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store
+                .bump_with_retries(
+                    key.as_ref(),
+                    &lock.token,
+                    lock.expires,
+                    Existence::Unknown,
+                    None,
+                )
+                .await
+            {
+                tracing::error!(error = %err, "a write of unknown outcome could not be recorded");
+            }
+        });
+    }
+}
+
+impl<K> Rekey<K> for RedisStore
+where
+    K: AsRef<str> + Send + Sync + 'static,
+{
+    type Rekeyed = RedisStore;
+
+    fn rekey(&self) -> RedisStore {
+        self.clone()
+    }
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let (key, token) = (
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            );
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { store.release(&key, &token).await });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
