@@ -153,10 +153,16 @@ struct Cli {
     #[arg(long)]
     stats_path: Option<String>,
     /// Keep versions and write locks in this Redis (e.g. redis://127.0.0.1:6379/), shared by
-    /// every proxy using it, instead of in this process.
+    /// every proxy using it, instead of in this process; or in the primary a Sentinel names,
+    /// followed through failovers: redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME.
     #[cfg(feature = "redis")]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// Keep versions and write locks in this Redis Cluster instead (a node's URL, e.g.
+    /// redis://127.0.0.1:7000/; repeat it for more seed nodes).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL")]
+    redis_cluster: Vec<String>,
 }
 
 fn seconds(arg: &str) -> Result<Duration, String> {
@@ -269,9 +275,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         stats.clone(),
     )?;
     #[cfg(feature = "redis")]
-    if let Some(url) = cli.redis.clone() {
+    if cli.redis.is_some() || !cli.redis_cluster.is_empty() {
+        use tower_conditional::store::RedisStore;
         // The layer sizes each lock's lease from its write timeout and grace period.
-        let store = tower_conditional::store::RedisStore::open(&url)?;
+        let store = match &cli.redis {
+            Some(url) => RedisStore::open(url)?,
+            None => RedisStore::cluster(&cli.redis_cluster)?,
+        };
         let layer = layer.store(store);
         let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
         return serve(&cli, max_connections, layer, proxy, stats).await;
