@@ -6,7 +6,8 @@
 //!
 //! Starts its own redis-server (Debian's package) on a free loopback port, then sends the same
 //! sequential requests through the layer on each store, over a bare inner service that answers
-//! at once: reads (one script call each) and writes (lease, check, bump: four round trips).
+//! at once: reads (one script call each) and writes (two: the lease with the version, then the
+//! bump with the release).
 
 use std::{
     convert::Infallible,

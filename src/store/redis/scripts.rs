@@ -26,35 +26,38 @@
 ///   for one more second, since the Redis that issued the record's dates may have had a clock up
 ///   to a second ahead. Its tags (hashed from the history) and dates thus validate nothing
 ///   issued before, including versions this Redis never received: stale clients get `412`.
-/// - `bumped(c, m, u)`: the version after a write; `seen()`: the recorded fingerprint.
+/// - `bump(v)`: the version after a write.
 pub(super) const PRELUDE: &str = r#"
 local info = redis.call('INFO', 'server', 'replication')
-local history = string.sub(string.match(info, 'run_id:(%x+)'), 1, 16) ..
-  string.sub(string.match(info, 'master_replid:(%x+)'), 1, 16)
+local run = string.find(info, 'run_id:', 1, true)
+local replication = string.find(info, 'master_replid:', 1, true)
+local history = string.sub(info, run + 7, run + 22) ..
+  string.sub(info, replication + 14, replication + 29)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1])
 local now_ms = now * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- The record, as a table: c, m, a, x, u (the version and its fence), f, t (the fingerprint), l,
+-- e (the lease).
 local function read()
-  local r = redis.call('HMGET', KEYS[1], 'c', 'm', 'a', 'x', 'h', 'u')
+  local r = redis.call('HMGET', KEYS[1], 'c', 'm', 'a', 'x', 'h', 'u', 'f', 't', 'l', 'e')
+  local v = {l = r[9], e = tonumber(r[10] or '0')}
   if r[5] == history then
-    return tonumber(r[1]), tonumber(r[2]), tonumber(r[3]), r[4], tonumber(r[6])
+    v.c, v.m, v.a, v.x = tonumber(r[1]), tonumber(r[2]), tonumber(r[3]), r[4]
+    v.u, v.f, v.t = tonumber(r[6]), r[7] or '', tonumber(r[8] or '0')
+    return v
   end
-  local c, m, u = tonumber(r[1] or '-1') + 1, math.max(now, tonumber(r[2] or '0')), now + 1
-  redis.call('HSET', KEYS[1], 'c', c, 'm', m, 'a', 1, 'x', 'u', 'h', history, 'u', u)
+  v.c, v.m, v.a, v.x = tonumber(r[1] or '-1') + 1, math.max(now, tonumber(r[2] or '0')), 1, 'u'
+  v.u, v.f, v.t = now + 1, '', 0
+  redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', 1, 'x', 'u', 'h', history, 'u', v.u)
   redis.call('HDEL', KEYS[1], 'f', 't')
-  return c, m, 1, 'u', u
+  return v
 end
--- The version after (c, m): the next counter, dated now, never backward; a date it shares with
--- the version before, or one at or before the fence, is ambiguous.
-local function bumped(c, m, u)
-  local m2 = math.max(now, m)
-  if m2 == m or m2 <= u then return c + 1, m2, 1 end
-  return c + 1, m2, 0
-end
--- The fingerprint recorded with the version and when it was confirmed ('' and 0 if none).
-local function seen()
-  local s = redis.call('HMGET', KEYS[1], 'f', 't')
-  return s[1] or '', tonumber(s[2] or '0')
+-- Bumps v: the next counter, dated now, never backward; a date it shares with the version
+-- before, or one at or before the fence, is ambiguous.
+local function bump(v)
+  local m = math.max(now, v.m)
+  if m == v.m or m <= v.u then v.a = 1 else v.a = 0 end
+  v.c, v.m = v.c + 1, m
 end
 -- Two encoded fingerprints name one representation: what the layer could not learn ('u') is
 -- never the same; ETags compare weakly (strong 'e' and weak 'E' differ only in their kind).
@@ -70,58 +73,53 @@ end
 
 /// The current version, re-dated if ambiguous and Redis time has moved past it and the fence.
 pub(super) const CURRENT: &str = r#"
-local c, m, a, x, u = read()
-if a == 1 and now > m and now > u then
-  m = now; a = 0
-  redis.call('HSET', KEYS[1], 'm', m, 'a', a)
+local v = read()
+if v.a == 1 and now > v.m and now > v.u then
+  v.m, v.a = now, 0
+  redis.call('HSET', KEYS[1], 'm', now, 'a', 0)
 end
-local f, t = seen()
-return {history, c, m, a, x, f, t}
+return {history, v.c, v.m, v.a, v.x, v.f, v.t}
 "#;
 
 /// The current version, as it is (never re-dated).
 pub(super) const PEEK: &str = r#"
-local c, m, a, x = read()
-local f, t = seen()
-return {history, c, m, a, x, f, t}
+local v = read()
+return {history, v.c, v.m, v.a, v.x, v.f, v.t}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = lease in ms. Takes the lease if it is free or expired, and
-/// returns the version as `PEEK` does, with 1 in front; 0 in front of nothing (empty fields) if
-/// the lease is held. An expired
-/// lease whose token is still there was left by a holder that may have forwarded a write: the
-/// version is bumped first.
+/// returns the version as `PEEK` does, with 1 in front; 0 in front of empty fields if the lease
+/// is held. An expired lease whose token is still there was left by a holder that may have
+/// forwarded a write: the version is bumped first.
 pub(super) const LOCK: &str = r#"
-local c, m, a, x, u = read()
-local l = redis.call('HMGET', KEYS[1], 'l', 'e')
-if l[1] then
-  if tonumber(l[2]) > now_ms then return {0, '', 0, 0, 0, '', '', 0} end
-  c, m, a = bumped(c, m, u); x = 'u'
-  redis.call('HSET', KEYS[1], 'c', c, 'm', m, 'a', a, 'x', x)
+local v = read()
+if v.l then
+  if v.e > now_ms then return {0, '', 0, 0, 0, '', '', 0} end
+  bump(v); v.x, v.f, v.t = 'u', '', 0
+  redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', v.a, 'x', v.x)
   redis.call('HDEL', KEYS[1], 'f', 't')
 end
 redis.call('HSET', KEYS[1], 'l', ARGV[1], 'e', now_ms + tonumber(ARGV[2]))
-local f, t = seen()
-return {1, history, c, m, a, x, f, t}
+return {1, history, v.c, v.m, v.a, v.x, v.f, v.t}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = existence after the write, ARGV[3] = what the backend serves
 /// since ('' for nothing known). Bumps, then releases the lease if this writer still holds it.
 /// Returns the new version and whether the lease was still held.
 pub(super) const BUMP: &str = r#"
-local c, m, a, x, u = read()
-c, m, a = bumped(c, m, u)
-redis.call('HSET', KEYS[1], 'c', c, 'm', m, 'a', a, 'x', ARGV[2])
+local v = read()
+bump(v)
+redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', v.a, 'x', ARGV[2])
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], 'f', 't')
 else
   redis.call('HSET', KEYS[1], 'f', ARGV[3], 't', now)
 end
 local held = 0
-if redis.call('HGET', KEYS[1], 'l') == ARGV[1] then
+if v.l == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'l', 'e'); held = 1
 end
-return {history, c, m, a, ARGV[2], held}
+return {history, v.c, v.m, v.a, ARGV[2], held}
 "#;
 
 /// ARGV[1] = token. Releases a lease not followed by a write (nothing was forwarded). Needs no
@@ -136,8 +134,8 @@ return 0
 /// ARGV[1] = the counter a read saw ('' for any: a writer under the lock), ARGV[2] = existence.
 /// Records it unless a write came in between (or the history changed: the counter moved on).
 pub(super) const LEARN: &str = r#"
-local c = read()
-if ARGV[1] == '' or tonumber(ARGV[1]) == c then
+local v = read()
+if ARGV[1] == '' or tonumber(ARGV[1]) == v.c then
   redis.call('HSET', KEYS[1], 'x', ARGV[2])
 end
 return 1
@@ -150,18 +148,17 @@ return 1
 /// its snapshot carried, else not ('B'). A counter that moved on means a write through the
 /// layer came in between: nothing is recorded ('s').
 pub(super) const OBSERVE: &str = r#"
-local c, m, a, x, u = read()
-if c ~= tonumber(ARGV[1]) then return {history, c, m, a, x, 's'} end
-local f = redis.call('HGET', KEYS[1], 'f')
-if (not f) or same(f, ARGV[2]) then
+local v = read()
+if v.c ~= tonumber(ARGV[1]) then return {history, v.c, v.m, v.a, v.x, 's'} end
+if v.f == '' or same(v.f, ARGV[2]) then
   redis.call('HSET', KEYS[1], 'f', ARGV[2], 't', now)
-  return {history, c, m, a, x, 'c'}
+  return {history, v.c, v.m, v.a, v.x, 'c'}
 end
-local c2, m2, a2 = bumped(c, m, u)
-local x2 = 'e'
-if ARGV[2] == 'a' then x2 = 'a' end
-redis.call('HSET', KEYS[1], 'c', c2, 'm', m2, 'a', a2, 'x', x2, 'f', ARGV[2], 't', now)
+local recorded = v.f
+bump(v)
+if ARGV[2] == 'a' then v.x = 'a' else v.x = 'e' end
+redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', v.a, 'x', v.x, 'f', ARGV[2], 't', now)
 local outcome = 'B'
-if f == 'u' or (ARGV[3] ~= '' and same(f, ARGV[3])) then outcome = 'b' end
-return {history, c2, m2, a2, x2, outcome}
+if recorded == 'u' or (ARGV[3] ~= '' and same(recorded, ARGV[3])) then outcome = 'b' end
+return {history, v.c, v.m, v.a, v.x, outcome}
 "#;
