@@ -214,7 +214,7 @@ impl BodyHash {
         Fingerprint::Body(self.digest())
     }
 
-    /// The hash of `bytes`: how the Redis store names an epoch's ETag instance.
+    /// The hash of `bytes`: how the Redis store names a history's ETag instance.
     #[cfg(feature = "redis")]
     pub(crate) fn of(bytes: &[u8]) -> u64 {
         let mut hash = Self::new();

@@ -9,7 +9,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Version {
-    /// The store instance (or epoch) that issued the version: part of its ETag, drawn at random
+    /// The store instance (or history) that issued the version: part of its ETag, drawn at random
     /// whenever a store starts empty, so tags never repeat across restarts.
     pub instance: u64,
     /// Incremented by every write whose outcome may have changed the resource.
