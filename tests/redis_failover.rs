@@ -54,29 +54,61 @@ async fn read_with_validating_date(client: &HttpClient) -> Reply {
     panic!("no read's date validated within 5 s");
 }
 
+/// A primary, and a replica whose replication link runs through a relay (`link`) the test can
+/// stall; the proxies find "the primary" at `address`, a relay the test re-points after a
+/// failover.
+struct Replicated {
+    primary: RedisServer,
+    link: Relay,
+    replica: RedisServer,
+    address: Relay,
+}
+
+impl Replicated {
+    async fn start() -> Self {
+        let primary = RedisServer::start().await;
+        let link = Relay::start(primary.port).await;
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]).await;
+        let address = Relay::start(primary.port).await;
+        Self {
+            primary,
+            link,
+            replica,
+            address,
+        }
+    }
+
+    /// The primary dies, the replica is promoted (`REPLICAOF NO ONE`), and the address now
+    /// leads to it (connections to the old one are cut).
+    async fn fail_over(&mut self) {
+        self.primary.stop().await;
+        let _: String = self.replica.query(&["REPLICAOF", "NO", "ONE"]).await;
+        self.address.point_to(self.replica.port);
+        self.address.cut();
+    }
+}
+
+/// A proxy binary in front of `backend`, on the Redis at `redis` (any URL `--redis` takes).
+async fn proxy_on(redis: &str, backend: &Backend) -> (tokio::process::Child, HttpClient) {
+    let upstream = support::serve(backend.service()).await;
+    let upstream = format!("http://{upstream}");
+    let (child, addr) = start_proxy(&["--upstream", &upstream, "--redis", redis]).await;
+    (child, HttpClient::new(addr))
+}
+
 /// The scenario of issue 12: the replica never got the last bump (v2), is promoted, and the
 /// proxy's Redis address now leads to it. A client still holding v1's validators must get `412`
 /// (with the tag and with the date), the backend keeps v2, and a client that re-reads writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_that_missed_the_last_bump_refuses_stale_validators() {
-    let mut primary = RedisServer::start().await;
-    let link = Relay::start(primary.port).await;
-    let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]).await;
-    let address = Relay::start(primary.port).await; // where the proxy finds "the primary"
+    let mut redis = Replicated::start().await;
     let backend = Backend::default();
-    let upstream = support::serve(backend.service()).await;
-    let redis = format!("redis://127.0.0.1:{}/", address.port);
-    let (_proxy, client) = {
-        let (child, addr) = start_proxy(&[
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--redis",
-            &redis,
-        ])
-        .await;
-        (child, HttpClient::new(addr))
-    };
+    let (_proxy, client) = proxy_on(
+        &format!("redis://127.0.0.1:{}/", redis.address.port),
+        &backend,
+    )
+    .await;
 
     assert_eq!(
         client.send(Method::PUT, DOC, &[], "v1").await.status,
@@ -84,20 +116,16 @@ async fn a_promoted_replica_that_missed_the_last_bump_refuses_stale_validators()
     );
     let v1 = read_with_validating_date(&client).await;
     let (t1, d1) = (v1.tag(), v1.last_modified().unwrap().to_owned());
-    primary.wait_replicated(&replica).await;
+    redis.primary.wait_replicated(&redis.replica).await;
 
     // The link stalls: v2 and its bump reach the primary only.
-    link.pause();
+    redis.link.pause();
     let v2 = client
         .send(Method::PUT, DOC, &[("if-match", &t1)], "v2")
         .await;
     assert_eq!(v2.status, StatusCode::OK);
 
-    // The primary dies; the replica is promoted; the address now leads to it.
-    primary.stop().await;
-    let _: String = replica.query(&["REPLICAOF", "NO", "ONE"]).await;
-    address.point_to(replica.port);
-    address.cut();
+    redis.fail_over().await;
 
     let stale_tag = through_503s(&client, Method::PUT, &[("if-match", &t1)], "lost?").await;
     assert_eq!(
@@ -140,27 +168,18 @@ async fn a_promoted_replica_that_missed_the_last_bump_refuses_stale_validators()
 /// it is answered `503` with `Retry-After`, not a success the layer cannot vouch for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_flight_during_a_failover_gets_503() {
-    let mut primary = RedisServer::start().await;
-    let link = Relay::start(primary.port).await;
-    let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]).await;
-    let address = Relay::start(primary.port).await;
+    let mut redis = Replicated::start().await;
     let backend = Backend::default();
-    let upstream = support::serve(backend.service()).await;
-    let redis = format!("redis://127.0.0.1:{}/", address.port);
-    let (_proxy, addr) = start_proxy(&[
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--redis",
-        &redis,
-    ])
+    let (_proxy, client) = proxy_on(
+        &format!("redis://127.0.0.1:{}/", redis.address.port),
+        &backend,
+    )
     .await;
-    let client = HttpClient::new(addr);
 
     let v1 = client.send(Method::PUT, DOC, &[], "v1").await;
     assert_eq!(v1.status, StatusCode::OK);
-    primary.wait_replicated(&replica).await;
-    link.pause();
+    redis.primary.wait_replicated(&redis.replica).await;
+    redis.link.pause();
     let in_flight = tokio::spawn({
         let (client, tag) = (client.clone(), v1.tag());
         async move {
@@ -171,10 +190,7 @@ async fn a_write_in_flight_during_a_failover_gets_503() {
     });
     backend.arrived().await;
 
-    primary.stop().await;
-    let _: String = replica.query(&["REPLICAOF", "NO", "ONE"]).await;
-    address.point_to(replica.port);
-    address.cut();
+    redis.fail_over().await;
     backend.release();
 
     let answer = in_flight.await.unwrap();
@@ -208,16 +224,8 @@ async fn the_proxy_follows_a_sentinel_failover_and_loses_nothing() {
     primary.wait_replicated(&replica).await;
     let sentinel = Sentinel::start(SERVICE, &primary).await;
     let backend = Backend::default();
-    let upstream = support::serve(backend.service()).await;
-    let redis = format!("redis+sentinel://127.0.0.1:{}/{SERVICE}", sentinel.port);
-    let (_proxy, addr) = start_proxy(&[
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--redis",
-        &redis,
-    ])
-    .await;
-    let client = HttpClient::new(addr);
+    let sentinels = format!("redis+sentinel://127.0.0.1:{}/{SERVICE}", sentinel.port);
+    let (_proxy, client) = proxy_on(&sentinels, &backend).await;
 
     assert_eq!(
         through_503s(&client, Method::PUT, &[], "v1").await.status,

@@ -106,6 +106,10 @@ impl std::fmt::Debug for RedisLock {
 /// A version as the scripts return it: history, counter, date, ambiguity, existence.
 type Row = (String, u64, u64, u8, String);
 
+/// A version with its fingerprint and when it was confirmed, as `CURRENT`, `PEEK` and `LOCK`
+/// return it.
+type SnapshotRow = (String, u64, u64, u8, String, String, u64);
+
 impl RedisStore {
     /// A store on the Redis at `url`: `redis://127.0.0.1:6379/` (also `rediss://`, `unix://`),
     /// or the primary of a Sentinel service, `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE`,
@@ -200,17 +204,7 @@ impl RedisStore {
 
     /// A snapshot from `CURRENT` or `PEEK`.
     async fn snapshot(&self, script: &Script, key: &str) -> Result<Snapshot, StoreError> {
-        let (history, counter, modified, ambiguous, exists, fingerprint, confirmed): (
-            String,
-            u64,
-            u64,
-            u8,
-            String,
-            String,
-            u64,
-        ) = self.run(script, key, &[]).await?;
-        let version = version((history, counter, modified, ambiguous, exists));
-        Ok(Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed))
+        Ok(snapshot(self.run(script, key, &[]).await?))
     }
 
     async fn bump_with_retries(
@@ -280,6 +274,13 @@ fn existence_code(exists: Existence) -> &'static str {
         Existence::Exists => "e",
         Existence::Absent => "a",
     }
+}
+
+fn snapshot(
+    (history, counter, modified, ambiguous, exists, fingerprint, confirmed): SnapshotRow,
+) -> Snapshot {
+    let version = version((history, counter, modified, ambiguous, exists));
+    Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed)
 }
 
 fn version((history, counter, modified, ambiguous, exists): Row) -> Version {
@@ -450,23 +451,11 @@ where
             };
             loop {
                 held.expires = after(hold);
-                let (taken, history, counter, modified, ambiguous, exists, fingerprint, confirmed): (
-                    u8,
-                    String,
-                    u64,
-                    u64,
-                    u8,
-                    String,
-                    String,
-                    u64,
-                ) = self
+                let taken: (u8, Option<SnapshotRow>) = self
                     .run(&self.scripts.lock, &held.key, &[&held.token, &lease])
                     .await?;
-                if taken == 1 {
-                    let version = version((history, counter, modified, ambiguous, exists));
-                    let snapshot = Snapshot::new(version)
-                        .with_fingerprint(Fingerprint::decode(&fingerprint), confirmed);
-                    held.taken_at = Mutex::new(Some(snapshot));
+                if let (1, Some(row)) = taken {
+                    held.taken_at = Mutex::new(Some(snapshot(row)));
                     return Ok(Some(held));
                 }
                 if Instant::now() >= deadline {

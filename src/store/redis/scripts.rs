@@ -88,19 +88,18 @@ return {history, v.c, v.m, v.a, v.x, v.f, v.t}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = lease in ms. Takes the lease if it is free or expired, and
-/// returns the version as `PEEK` does, with 1 in front; 0 in front of empty fields if the lease
-/// is held. An expired lease whose token is still there was left by a holder that may have
+/// returns 1 and the version as `PEEK` does; 0 and nil if the lease is held. An expired lease whose token is still there was left by a holder that may have
 /// forwarded a write: the version is bumped first.
 pub(super) const LOCK: &str = r#"
 local v = read()
 if v.l then
-  if v.e > now_ms then return {0, '', 0, 0, 0, '', '', 0} end
+  if v.e > now_ms then return {0, false} end
   bump(v); v.x, v.f, v.t = 'u', '', 0
   redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', v.a, 'x', v.x)
   redis.call('HDEL', KEYS[1], 'f', 't')
 end
 redis.call('HSET', KEYS[1], 'l', ARGV[1], 'e', now_ms + tonumber(ARGV[2]))
-return {1, history, v.c, v.m, v.a, v.x, v.f, v.t}
+return {1, {history, v.c, v.m, v.a, v.x, v.f, v.t}}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = existence after the write, ARGV[3] = what the backend serves
