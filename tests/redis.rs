@@ -13,7 +13,7 @@ use std::{
 };
 
 use http::{header, Method, StatusCode};
-use support::{proxy::start_proxy, redis_server::RedisServer, Backend, HttpClient, Reply, HOLD};
+use support::{proxy::start_proxy, redis_server::RedisServer, Backend, HttpClient, HOLD};
 use tokio::process::Child;
 
 const DOC: &str = "/api/storage";
@@ -33,24 +33,6 @@ async fn proxies(
         started.push((child, HttpClient::new(addr)));
     }
     started
-}
-
-/// Sends until the answer is not a 503 (the store reconnecting, a lease expiring), at most 100
-/// times, 50 ms apart.
-async fn send_through_503s(
-    client: &HttpClient,
-    method: Method,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    for _ in 0..100 {
-        let reply = client.send(method.clone(), DOC, headers, body).await;
-        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("still 503 after 100 tries");
 }
 
 async fn increments_lose_nothing(instances: usize) {
@@ -176,7 +158,9 @@ async fn a_killed_instance_holds_the_resource_only_until_its_lease_expires() {
         "{}",
         kept_out.text()
     );
-    let after = send_through_503s(&b, Method::PUT, &[("if-match", &v1)], "from B").await;
+    let after = b
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &v1)], "from B")
+        .await;
     assert_eq!(
         after.status,
         StatusCode::PRECONDITION_FAILED,
@@ -199,7 +183,7 @@ async fn redis_restarted_empty_between_a_read_and_a_write_gives_412() {
     let proxies = proxies(&redis, upstream, 1, &[]).await;
     let client = &proxies[0].1;
     for condition in ["if-match", "if-unmodified-since"] {
-        send_through_503s(client, Method::PUT, &[], "v1").await;
+        client.send_through_503s(Method::PUT, DOC, &[], "v1").await;
         let read = client.send(Method::GET, DOC, &[], "").await;
         let held = match condition {
             "if-match" => read.tag(),
@@ -209,7 +193,9 @@ async fn redis_restarted_empty_between_a_read_and_a_write_gives_412() {
         // Redis comes back empty, and another client writes first: its version must not look
         // like the one the stale client holds.
         redis.restart().await;
-        let newer = send_through_503s(client, Method::PUT, &[], "newer").await;
+        let newer = client
+            .send_through_503s(Method::PUT, DOC, &[], "newer")
+            .await;
         assert_eq!(newer.status, StatusCode::OK);
         let stale = client
             .send(Method::PUT, DOC, &[(condition, held.as_str())], "stale")
@@ -238,7 +224,7 @@ async fn with_redis_stopped_writes_get_503_and_work_again_when_it_returns() {
     assert!(read.etag().is_none(), "with no version to vouch for");
 
     redis.restart().await;
-    let write = send_through_503s(client, Method::PUT, &[], "v2").await;
+    let write = client.send_through_503s(Method::PUT, DOC, &[], "v2").await;
     assert_eq!(write.status, StatusCode::OK);
     assert_eq!(backend.doc(DOC).unwrap(), "v2");
 }

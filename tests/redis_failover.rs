@@ -17,24 +17,6 @@ use support::{
 
 const DOC: &str = "/api/doc";
 
-/// Sends until the answer is not a 503 (the store reconnecting, a failover under way), at most
-/// 200 times, 50 ms apart.
-async fn through_503s(
-    client: &HttpClient,
-    method: Method,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    for _ in 0..200 {
-        let reply = client.send(method.clone(), DOC, headers, body).await;
-        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("still 503 after 200 tries");
-}
-
 /// A read whose `Last-Modified` validates (a record's first dates are ambiguous for a couple of
 /// seconds, by design): reads until `If-Unmodified-Since` with it would be accepted, i.e. a
 /// conditional read with it gets `304`. At most 100 tries, 50 ms apart.
@@ -127,20 +109,18 @@ async fn a_promoted_replica_that_missed_the_last_bump_refuses_stale_validators()
 
     redis.fail_over().await;
 
-    let stale_tag = through_503s(&client, Method::PUT, &[("if-match", &t1)], "lost?").await;
+    let stale_tag = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &t1)], "lost?")
+        .await;
     assert_eq!(
         stale_tag.status,
         StatusCode::PRECONDITION_FAILED,
         "{}",
         stale_tag.text()
     );
-    let stale_date = through_503s(
-        &client,
-        Method::PUT,
-        &[("if-unmodified-since", &d1)],
-        "lost?",
-    )
-    .await;
+    let stale_date = client
+        .send_through_503s(Method::PUT, DOC, &[("if-unmodified-since", &d1)], "lost?")
+        .await;
     assert_eq!(
         stale_date.status,
         StatusCode::PRECONDITION_FAILED,
@@ -206,9 +186,11 @@ async fn a_write_in_flight_during_a_failover_gets_503() {
         "a version the layer cannot vouch for"
     );
     // Its client re-reads and writes on.
-    let fresh = through_503s(&client, Method::GET, &[], "").await;
+    let fresh = client.send_through_503s(Method::GET, DOC, &[], "").await;
     assert_eq!(fresh.text(), "v2");
-    let write = through_503s(&client, Method::PUT, &[("if-match", &fresh.tag())], "v3").await;
+    let write = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &fresh.tag())], "v3")
+        .await;
     assert_eq!(write.status, StatusCode::OK, "{}", write.text());
 }
 
@@ -228,7 +210,10 @@ async fn the_proxy_follows_a_sentinel_failover_and_loses_nothing() {
     let (_proxy, client) = proxy_on(&sentinels, &backend).await;
 
     assert_eq!(
-        through_503s(&client, Method::PUT, &[], "v1").await.status,
+        client
+            .send_through_503s(Method::PUT, DOC, &[], "v1")
+            .await
+            .status,
         StatusCode::OK
     );
     let v1 = client.send(Method::GET, DOC, &[], "").await;
@@ -252,14 +237,18 @@ async fn the_proxy_follows_a_sentinel_failover_and_loses_nothing() {
         "no failover in 10 s"
     );
 
-    let stale = through_503s(&client, Method::PUT, &[("if-match", &v1.tag())], "lost?").await;
+    let stale = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &v1.tag())], "lost?")
+        .await;
     assert_eq!(
         stale.status,
         StatusCode::PRECONDITION_FAILED,
         "{}",
         stale.text()
     );
-    let held = through_503s(&client, Method::PUT, &[("if-match", &v2.tag())], "lost?").await;
+    let held = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &v2.tag())], "lost?")
+        .await;
     assert_eq!(
         held.status,
         StatusCode::PRECONDITION_FAILED,

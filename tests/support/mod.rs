@@ -456,6 +456,25 @@ impl HttpClient {
             .expect("request to loopback server");
         Reply::from_response(res).await
     }
+
+    /// Sends until the answer is not a 503 (a shared store reconnecting or failing over, a lease
+    /// expiring), at most 200 times, 50 ms apart.
+    pub async fn send_through_503s(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        for _ in 0..200 {
+            let reply = self.send(method.clone(), path, headers, body).await;
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("still 503 after 200 tries");
+    }
 }
 
 /// The HTTP-date `secs` seconds after the start of test time.
