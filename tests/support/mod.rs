@@ -3,6 +3,8 @@
 
 pub mod proxy;
 #[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 
 use std::{
