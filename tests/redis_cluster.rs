@@ -325,3 +325,56 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(backend.doc(DOC).unwrap(), "v2");
 }
+
+/// A write forwarded before the master died, whose lease reached the replica: its bump fails
+/// while the slot has no master, is retried, and lands on the promoted replica. No other writer
+/// can have come in between (the lease was there all along), so it succeeds, and its tag is the
+/// current one; the validator it was based on is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_across_a_master_failover_is_recorded_on_the_promoted_replica() {
+    const DOC: &str = "/api/in-flight";
+    let mut cluster = Cluster::start(3, 1).await;
+    let backend = Backend::default();
+    let upstream = support::serve(backend.service()).await;
+    let first = proxies(&cluster.urls(), upstream, 1, &["--lock-timeout", "1"]).await;
+    let client = first[0].1.clone();
+    let t1 = send_through_503s(&client, Method::PUT, DOC, &[], "v1")
+        .await
+        .tag();
+    let slot = cluster.keyslot(&record(DOC)).await;
+    let master = cluster.owner(slot).await;
+    let replica = cluster.replica_of(master).await;
+
+    let in_flight = tokio::spawn({
+        let (client, t1) = (client.clone(), t1.clone());
+        async move {
+            let headers = [("if-match", t1.as_str()), (support::HOLD, "1")];
+            client.send(Method::PUT, DOC, &headers, "in flight").await
+        }
+    });
+    backend.arrived().await; // under the lease, which the replica then has
+    cluster
+        .node(master)
+        .wait_replicated(cluster.node(replica))
+        .await;
+    cluster.kill(master).await;
+    backend.release(); // the bump meets a slot with no master, and is retried
+    cluster.wait_owner(slot, replica).await;
+
+    let written = in_flight.await.unwrap();
+    assert_eq!(written.status, StatusCode::OK, "{}", written.text());
+    assert_eq!(backend.doc(DOC).unwrap(), "in flight");
+    let stale = send_through_503s(&client, Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(read_vouched(&client, DOC).await.tag(), written.tag());
+    let next = send_through_503s(
+        &client,
+        Method::PUT,
+        DOC,
+        &[("if-match", &written.tag())],
+        "next",
+    )
+    .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text());
+    assert_eq!(backend.doc(DOC).unwrap(), "next");
+}
