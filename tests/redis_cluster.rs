@@ -214,8 +214,8 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
 
     let written = send_through_503s(client, Method::PUT, DOC, &[], "v1").await;
     assert_eq!(written.status, StatusCode::OK, "{}", written.text());
-    // T1 and D1, once D1 is unambiguous (a record's dates are for its first seconds): a
-    // conditional read with it gets 304.
+    // T1 and D1, once D1 is unambiguous (dates written in a record's first two seconds are
+    // not): a conditional read with it gets 304.
     let started = Instant::now();
     let (t1, d1) = loop {
         let read = read_vouched(client, DOC).await;
