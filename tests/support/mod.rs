@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 
 use std::{
