@@ -18,9 +18,10 @@
 /// - `history`: the server's process (`run_id`) and replication history (`master_replid`).
 ///   Both are random, and one of them changes whenever this Redis may hold less than the one
 ///   that issued a record's versions: a restart (empty, or from an older snapshot) changes the
-///   run id; a replica promoted (by Sentinel, by the cluster, by hand) starts a new replication
-///   id. A replica's data carries its primary's history, so records it replicated match
-///   only while it is a replica; the moment it is promoted, none does.
+///   run id; a replica promoted (by Sentinel, by the cluster, by hand) is another process, and
+///   starts a new replication id too. So no record a replica copied from its primary matches
+///   once it runs these scripts as a primary itself. (Two `INFO` calls, not one with two
+///   sections, which only Redis 7 accepts.)
 /// - `read()`: the version, in this history. A record of another history (or none) is reset to
 ///   the unknown version: the next counter, dated now (never backward) and ambiguous, and fenced
 ///   for one more second, since the Redis that issued the record's dates may have had a clock up
@@ -28,11 +29,10 @@
 ///   issued before, including versions this Redis never received: stale clients get `412`.
 /// - `bump(v)`: the version after a write.
 pub(super) const PRELUDE: &str = r#"
-local info = redis.call('INFO', 'server', 'replication')
-local run = string.find(info, 'run_id:', 1, true)
-local replication = string.find(info, 'master_replid:', 1, true)
-local history = string.sub(info, run + 7, run + 22) ..
-  string.sub(info, replication + 14, replication + 29)
+local server, replication = redis.call('INFO', 'server'), redis.call('INFO', 'replication')
+local run = string.find(server, 'run_id:', 1, true)
+local replid = string.find(replication, 'master_replid:', 1, true)
+local history = string.sub(server, run + 7, run + 22) .. string.sub(replication, replid + 14, replid + 29)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1])
 local now_ms = now * 1000 + math.floor(tonumber(clock[2]) / 1000)
