@@ -211,19 +211,7 @@ impl BodyHash {
     }
 
     pub(crate) fn finish(self) -> Fingerprint {
-        Fingerprint::Body(self.digest())
-    }
-
-    /// The hash of `bytes`: how the Redis store names a history's ETag instance.
-    #[cfg(feature = "redis")]
-    pub(crate) fn of(bytes: &[u8]) -> u64 {
-        let mut hash = Self::new();
-        hash.update(bytes);
-        hash.digest()
-    }
-
-    fn digest(self) -> u64 {
-        self.0
+        Fingerprint::Body(self.0)
     }
 }
 

@@ -176,13 +176,21 @@ async fn a_killed_instance_holds_the_resource_only_until_its_lease_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restarted_empty_between_a_read_and_a_write_gives_412() {
+async fn redis_restarted_empty_or_flushed_between_a_read_and_a_write_gives_412() {
     let mut redis = RedisServer::start().await;
     let backend = Backend::default();
     let upstream = support::serve(backend.service()).await;
     let proxies = proxies(&redis, upstream, 1, &[]).await;
     let client = &proxies[0].1;
-    for condition in ["if-match", "if-unmodified-since"] {
+    for (condition, flush) in [
+        ("if-match", false),
+        ("if-unmodified-since", false),
+        ("if-match", true),
+        ("if-unmodified-since", true),
+    ] {
+        // Each round from an empty Redis, so the record's counter starts where a recreated
+        // record's would: a reissued tag would match.
+        let _: String = redis.query(&["FLUSHALL"]).await;
         client.send_through_503s(Method::PUT, DOC, &[], "v1").await;
         let read = client.send(Method::GET, DOC, &[], "").await;
         let held = match condition {
@@ -190,9 +198,14 @@ async fn redis_restarted_empty_between_a_read_and_a_write_gives_412() {
             _ => read.last_modified().unwrap().to_owned(),
         };
 
-        // Redis comes back empty, and another client writes first: its version must not look
-        // like the one the stale client holds.
-        redis.restart().await;
+        // Redis comes back empty (or is flushed: the same process and history, the record
+        // gone), and another client writes first: its version must not look like the one the
+        // stale client holds.
+        if flush {
+            let _: String = redis.query(&["FLUSHALL"]).await;
+        } else {
+            redis.restart().await;
+        }
         let newer = client
             .send_through_503s(Method::PUT, DOC, &[], "newer")
             .await;
@@ -314,4 +327,73 @@ async fn an_older_observation_bumps_but_never_stamps() {
     }
     let stale = store.observe(&key, &before, &Fingerprint::Body(3), 0).await;
     assert_eq!(stale.unwrap(), Observed::Superseded);
+}
+
+/// A read's observation, from before the record was made anew in another history, must not be
+/// taken for one of the new version, even when the new counter happens to equal the old one (the
+/// replica missed exactly one bump).
+#[tokio::test]
+async fn an_observation_from_another_history_records_nothing() {
+    use tower_conditional::store::{Fingerprint, Observed, RedisStore, VersionStore};
+
+    let redis = RedisServer::start().await;
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let key: &'static str = "/doc";
+    let seen = VersionStore::<&str>::current(&store, &key, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .observe(&key, &seen, &Fingerprint::Body(1), 0)
+            .await
+            .unwrap(),
+        Observed::Confirmed
+    );
+    // As if the record came from a replica that missed one bump: another history, the counter
+    // one behind, so the reset makes it the counter `seen` has.
+    let behind = (seen.version.counter as i64 - 1).to_string();
+    let _: i64 = redis
+        .query(&["HSET", "tc:/doc", "h", "another-history", "c", &behind])
+        .await;
+    let observed = store.observe(&key, &seen, &Fingerprint::Body(2), 0).await;
+    assert_eq!(observed.unwrap(), Observed::Superseded);
+    let now = VersionStore::<&str>::current(&store, &key, 0)
+        .await
+        .unwrap();
+    assert_eq!(now.version.counter, seen.version.counter);
+    assert_ne!(now.version.instance, seen.version.instance);
+    assert_eq!(
+        now.fingerprint, None,
+        "nothing recorded for the new version"
+    );
+}
+
+/// A writer whose lease is gone (it expired and was taken, or the Redis that held it failed
+/// over) must not go on under the lock: its next look at the version fails.
+#[tokio::test]
+async fn a_writer_whose_lease_is_gone_cannot_look_again() {
+    use std::time::Duration;
+    use tower_conditional::store::{Existence, RedisStore, VersionStore};
+
+    let redis = RedisServer::start().await;
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let key: &'static str = "/doc";
+    let (wait, hold) = (Duration::from_secs(1), Duration::from_secs(60));
+    let lock = VersionStore::<&str>::lock(&store, &key, wait, hold)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    // The first look is the one read with the lease; a second goes to Redis.
+    assert!(VersionStore::<&str>::peek(&store, &key, &lock)
+        .await
+        .is_ok());
+    assert!(VersionStore::<&str>::peek(&store, &key, &lock)
+        .await
+        .is_ok());
+    let _: i64 = redis.query(&["HDEL", "tc:/doc", "l", "e"]).await;
+    assert!(VersionStore::<&str>::peek(&store, &key, &lock)
+        .await
+        .is_err());
+    let learned = VersionStore::<&str>::learn_existence(&store, &key, &lock, Existence::Absent);
+    assert!(learned.await.is_err());
 }

@@ -318,3 +318,39 @@ async fn a_reset_record_validates_no_date_the_old_clock_may_have_issued() {
     }
     panic!("the reset version was never re-dated");
 }
+
+/// A primary demoted to a replica stays up while the proxy's Redis address moves on to the new
+/// primary: the proxy's open connection still leads to the old one, where every script refuses
+/// (`READONLY`). The proxy must connect anew, not stay stuck answering `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_leaves_a_demoted_primary_for_the_new_one() {
+    let old = RedisServer::start().await;
+    let new = RedisServer::start().await;
+    let address = Relay::start(old.port).await;
+    let backend = Backend::default();
+    let redis = format!("redis://127.0.0.1:{}/", address.port);
+    let (_proxy, client) = proxy_on(&redis, &backend).await;
+    let v1 = client.send(Method::PUT, DOC, &[], "v1").await;
+    assert_eq!(v1.status, StatusCode::OK);
+
+    address.point_to(new.port); // new connections only
+    let _: String = old
+        .query(&["REPLICAOF", "127.0.0.1", &new.port.to_string()])
+        .await;
+
+    let stale = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &v1.tag())], "lost?")
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.text()
+    );
+    let fresh = client.send(Method::GET, DOC, &[], "").await;
+    let write = client
+        .send(Method::PUT, DOC, &[("if-match", &fresh.tag())], "v2")
+        .await;
+    assert_eq!(write.status, StatusCode::OK, "{}", write.text());
+    assert_eq!(new.info("replication", "role").await, "master");
+}

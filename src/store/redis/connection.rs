@@ -1,47 +1,59 @@
 //! How the store reaches Redis: one server (`redis://`), a primary found through Sentinel
 //! (`redis+sentinel://`), or a Redis Cluster. Each reconnects by itself, lazily, so a store is
-//! made while Redis is down and works once it is back.
+//! made while Redis is down and works once it is back, and each follows a primary that moved:
+//! a call that finds a replica (`READONLY`) or a dead connection makes the next call connect
+//! anew (through Sentinel, for a Sentinel service).
 
 use std::{
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError, RwLock,
+    },
+    time::{Duration, Instant},
 };
 
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    cluster::ClusterClientBuilder,
+    cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
     sentinel::{SentinelClient, SentinelServerType},
-    AsyncConnectionConfig, FromRedisValue, RedisResult, ScriptInvocation,
+    AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation,
+    ServerErrorKind,
 };
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 use super::StoreError;
 
 /// Every call waits at most this long to connect, and this long for its answer.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed attempt to connect, calls fail at once for this long instead of queueing
+/// behind attempts that would fail the same way.
+const BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub(super) enum Connection {
-    Direct(ConnectionManager),
-    Sentinel(Arc<Sentinel>),
-    Cluster(Arc<Cluster>),
+    Direct(Arc<Current<ConnectionManager>>, Arc<redis::Client>),
+    Sentinel(
+        Arc<Current<MultiplexedConnection>>,
+        Arc<Lookup<SentinelClient>>,
+    ),
+    Cluster(Arc<Current<ClusterConnection>>, Arc<Lookup<ClusterClient>>),
 }
 
 impl Connection {
     /// `redis://…`, `rediss://…`, `unix://…`, or `redis+sentinel://HOST:PORT[,…]/SERVICE`.
     pub(super) fn open(url: &str) -> Result<Self, StoreError> {
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            return Sentinel::open(rest).map(|s| Self::Sentinel(Arc::new(s)));
+            let client = sentinel_client(rest)?;
+            return Ok(Self::Sentinel(
+                Arc::default(),
+                Arc::new(Lookup::new(client)),
+            ));
         }
         let client = redis::Client::open(url).map_err(StoreError::new)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        ConnectionManager::new_lazy_with_config(client, config)
-            .map(Self::Direct)
-            .map_err(StoreError::new)
+        Ok(Self::Direct(Arc::default(), Arc::new(client)))
     }
 
     /// A Redis Cluster, found from any of its `nodes`.
@@ -60,119 +72,205 @@ impl Connection {
             .retries(2)
             .build()
             .map_err(StoreError::new)?;
-        Ok(Self::Cluster(Arc::new(Cluster {
-            client,
-            connection: OnceCell::new(),
-        })))
+        Ok(Self::Cluster(Arc::default(), Arc::new(Lookup::new(client))))
     }
 
-    /// Runs `call` on the Redis that holds its key.
+    /// Runs `call` on the Redis that holds its key (any primary, for a call without keys).
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
         call: &ScriptInvocation<'_>,
     ) -> RedisResult<T> {
         match self {
-            Self::Direct(connection) => call.invoke_async(&mut connection.clone()).await,
-            Self::Sentinel(sentinel) => {
-                let mut connection = sentinel.connection().await?;
+            Self::Direct(current, client) => {
+                let (generation, mut connection) = current.get_or(|| direct(client))?;
                 let answer = call.invoke_async(&mut connection).await;
-                if answer.is_err() {
-                    // Dead, or no longer the primary (`READONLY`): ask Sentinel again next time.
-                    sentinel.forget();
-                }
+                current.forget_after(generation, &answer);
                 answer
             }
-            Self::Cluster(cluster) => call.invoke_async(&mut cluster.connection().await?).await,
-        }
-    }
-
-    /// Whether Redis answers (every node of a cluster).
-    pub(super) async fn ping(&self) -> RedisResult<()> {
-        let ping = redis::cmd("PING");
-        match self {
-            Self::Direct(connection) => ping.query_async(&mut connection.clone()).await,
-            Self::Sentinel(sentinel) => {
-                let answer = ping.query_async(&mut sentinel.connection().await?).await;
-                if answer.is_err() {
-                    sentinel.forget();
-                }
+            Self::Sentinel(current, lookup) => {
+                let (generation, mut connection) =
+                    current.get_or_look_up(lookup, sentinel_primary).await?;
+                let answer = call.invoke_async(&mut connection).await;
+                current.forget_after(generation, &answer);
                 answer
             }
-            Self::Cluster(cluster) => ping.query_async(&mut cluster.connection().await?).await,
+            // The cluster connection follows slot moves and failovers by itself.
+            Self::Cluster(current, lookup) => {
+                let (_, mut connection) = current.get_or_look_up(lookup, cluster).await?;
+                call.invoke_async(&mut connection).await
+            }
         }
     }
 }
 
-/// The primary of one Sentinel service, asked of Sentinel again whenever a call to it fails.
-pub(super) struct Sentinel {
-    /// Serializes the lookups, so that a failover makes one, not one per request.
-    client: Mutex<SentinelClient>,
-    primary: RwLock<Option<MultiplexedConnection>>,
+type Connecting<'a, C> = Pin<Box<dyn Future<Output = RedisResult<C>> + Send + 'a>>;
+
+/// The primary Sentinel names now.
+fn sentinel_primary(client: &mut SentinelClient) -> Connecting<'_, MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    Box::pin(async move { client.get_async_connection_with_config(&config).await })
 }
 
-impl Sentinel {
-    /// `HOST:PORT[,HOST:PORT…]/SERVICE`: the Sentinels, and the service they watch.
-    fn open(rest: &str) -> Result<Self, StoreError> {
-        let (hosts, service) = rest
-            .split_once('/')
-            .filter(|(hosts, service)| !hosts.is_empty() && !service.is_empty())
-            .ok_or_else(|| {
-                StoreError::new("expected redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE_NAME")
-            })?;
-        let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}/")).collect();
-        let client = SentinelClient::build(
-            sentinels,
-            service.trim_end_matches('/').to_owned(),
-            None,
-            SentinelServerType::Master,
-        )
-        .map_err(StoreError::new)?;
-        Ok(Self {
-            client: Mutex::new(client),
-            primary: RwLock::new(None),
-        })
-    }
+fn cluster(client: &mut ClusterClient) -> Connecting<'_, ClusterConnection> {
+    Box::pin(client.get_async_connection())
+}
 
-    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(primary) = self.current() {
-            return Ok(primary);
-        }
-        let mut client = self.client.lock().await;
-        if let Some(primary) = self.current() {
-            return Ok(primary); // another call found it while this one waited
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
-        let primary = client.get_async_connection_with_config(&config).await?;
-        *self.primary.write().unwrap_or_else(PoisonError::into_inner) = Some(primary.clone());
-        Ok(primary)
-    }
+/// A connection manager on one server: it reconnects when the connection drops.
+fn direct(client: &redis::Client) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+}
 
-    fn current(&self) -> Option<MultiplexedConnection> {
-        self.primary
+/// `HOST:PORT[,HOST:PORT…]/SERVICE`: the Sentinels, and the service they watch.
+fn sentinel_client(rest: &str) -> Result<SentinelClient, StoreError> {
+    let (hosts, service) = rest
+        .split_once('/')
+        .filter(|(hosts, service)| !hosts.is_empty() && !service.trim_end_matches('/').is_empty())
+        .ok_or_else(|| {
+            StoreError::new("expected redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE_NAME")
+        })?;
+    let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}/")).collect();
+    SentinelClient::build(
+        sentinels,
+        service.trim_end_matches('/').to_owned(),
+        None,
+        SentinelServerType::Master,
+    )
+    .map_err(StoreError::new)
+}
+
+/// Whether an error means the connection no longer leads to a usable primary (dead, or a
+/// replica now), rather than a failed command.
+fn lost_the_primary(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+/// The connection in use, with a generation, so that a call forgets only the connection it
+/// failed on, never a newer one another call has just made. Read-locked for a clone per call:
+/// never held across an await.
+pub(super) struct Current<C> {
+    connection: RwLock<Option<(u64, C)>>,
+    generations: AtomicU64,
+}
+
+impl<C> Default for Current<C> {
+    fn default() -> Self {
+        Self {
+            connection: RwLock::new(None),
+            generations: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<C: Clone> Current<C> {
+    fn get(&self) -> Option<(u64, C)> {
+        self.connection
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn forget(&self) {
-        *self.primary.write().unwrap_or_else(PoisonError::into_inner) = None;
+    fn set(&self, connection: C) -> (u64, C) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let current = (generation, connection);
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
+        current
+    }
+
+    /// The connection, or one made by `connect` (which must not wait).
+    fn get_or(&self, connect: impl FnOnce() -> RedisResult<C>) -> RedisResult<(u64, C)> {
+        match self.get() {
+            Some(current) => Ok(current),
+            None => Ok(self.set(connect()?)),
+        }
+    }
+
+    /// The connection, or one `lookup` makes: one attempt at a time, none for a moment after
+    /// one failed, each bounded in time.
+    async fn get_or_look_up<L>(
+        &self,
+        lookup: &Lookup<L>,
+        connect: impl FnOnce(&mut L) -> Connecting<'_, C>,
+    ) -> RedisResult<(u64, C)> {
+        if let Some(current) = self.get() {
+            return Ok(current);
+        }
+        let mut state = lookup.state.lock().await;
+        if let Some(current) = self.get() {
+            return Ok(current); // another call connected while this one waited
+        }
+        if state.failed.is_some_and(|at| at.elapsed() < BACKOFF) {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "the version store was unreachable a moment ago",
+            )));
+        }
+        let attempt = tokio::time::timeout(2 * TIMEOUT, connect(&mut state.client)).await;
+        match attempt {
+            Ok(Ok(connection)) => {
+                state.failed = None;
+                Ok(self.set(connection))
+            }
+            Ok(Err(err)) => {
+                state.failed = Some(Instant::now());
+                Err(err)
+            }
+            Err(_elapsed) => {
+                state.failed = Some(Instant::now());
+                Err(RedisError::from((
+                    ErrorKind::Io,
+                    "connecting to the version store timed out",
+                )))
+            }
+        }
+    }
+
+    /// After a call on the connection of `generation`: forgets it if the call found it dead or
+    /// no longer on the primary, so the next call connects anew.
+    fn forget_after<T>(&self, generation: u64, answer: &RedisResult<T>) {
+        if !answer.as_ref().err().is_some_and(lost_the_primary) {
+            return;
+        }
+        let mut connection = self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *connection = None;
+        }
     }
 }
 
-/// A Redis Cluster: connected on first use (and retried until it succeeds); the redis crate's
-/// cluster connection then follows slot moves and failovers by itself.
-pub(super) struct Cluster {
-    client: redis::cluster::ClusterClient,
-    connection: OnceCell<ClusterConnection>,
+/// What finds a connection (a Sentinel client, a cluster client), used by one caller at a time.
+pub(super) struct Lookup<L> {
+    state: Mutex<LookupState<L>>,
 }
 
-impl Cluster {
-    async fn connection(&self) -> RedisResult<ClusterConnection> {
-        self.connection
-            .get_or_try_init(|| self.client.get_async_connection())
-            .await
-            .cloned()
+struct LookupState<L> {
+    client: L,
+    /// When the last attempt failed.
+    failed: Option<Instant>,
+}
+
+impl<L> Lookup<L> {
+    fn new(client: L) -> Self {
+        Self {
+            state: Mutex::new(LookupState {
+                client,
+                failed: None,
+            }),
+        }
     }
 }

@@ -46,7 +46,7 @@ use redis::{Script, ScriptInvocation};
 
 use self::connection::Connection;
 use super::{Existence, Fingerprint, Observed, Rekey, Snapshot, StoreError, Version, VersionStore};
-use crate::{clock::unix_secs, fingerprint::BodyHash};
+use crate::clock::unix_secs;
 
 /// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
 ///
@@ -78,6 +78,7 @@ struct Scripts {
     release: Script,
     learn: Script,
     observe: Script,
+    ping: Script,
 }
 
 /// Proof of a held lease on a resource's lock. Dropping it releases the lease (in a task).
@@ -103,7 +104,8 @@ impl std::fmt::Debug for RedisLock {
     }
 }
 
-/// A version as the scripts return it: history, counter, date, ambiguity, existence.
+/// A version as the scripts return it: instance (16 hex digits), counter, date, ambiguity,
+/// existence.
 type Row = (String, u64, u64, u8, String);
 
 /// A version with its fingerprint and when it was confirmed, as `CURRENT`, `PEEK` and `LOCK`
@@ -156,6 +158,7 @@ impl RedisStore {
                 release: Script::new(scripts::RELEASE),
                 learn: script(scripts::LEARN),
                 observe: script(scripts::OBSERVE),
+                ping: Script::new(scripts::PING),
             }),
         }
     }
@@ -178,9 +181,14 @@ impl RedisStore {
         self
     }
 
-    /// Whether Redis answers (for a cluster, every node): for a readiness check.
+    /// Whether Redis answers (for a cluster, one of its primaries): for a readiness check.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.connection.ping().await.map_err(StoreError::new)
+        let _: String = self
+            .connection
+            .invoke(&self.scripts.ping.prepare_invoke())
+            .await
+            .map_err(StoreError::new)?;
+        Ok(())
     }
 
     /// The record of the resource `key`.
@@ -203,8 +211,13 @@ impl RedisStore {
     }
 
     /// A snapshot from `CURRENT` or `PEEK`.
-    async fn snapshot(&self, script: &Script, key: &str) -> Result<Snapshot, StoreError> {
-        Ok(snapshot(self.run(script, key, &[]).await?))
+    async fn snapshot(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<Snapshot, StoreError> {
+        snapshot(self.run(script, key, args).await?)
     }
 
     async fn bump_with_retries(
@@ -227,7 +240,7 @@ impl RedisStore {
                 )
                 .await;
             match attempt {
-                Ok((history, counter, modified, ambiguous, exists, held)) => {
+                Ok((instance, counter, modified, ambiguous, exists, held)) => {
                     if held == 0 {
                         tracing::warn!(key, "a write outlived its lease (or Redis failed over)");
                         return Err(StoreError::new(
@@ -235,7 +248,7 @@ impl RedisStore {
                              have overtaken it",
                         ));
                     }
-                    return Ok(version((history, counter, modified, ambiguous, exists)));
+                    return version((instance, counter, modified, ambiguous, exists));
                 }
                 Err(err) if Instant::now() >= expires => return Err(err),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -250,22 +263,29 @@ impl RedisStore {
         }
     }
 
-    async fn learn(
-        &self,
-        key: &str,
-        counter: Option<u64>,
-        exists: Existence,
-    ) -> Result<(), StoreError> {
-        let counter = counter.map_or(String::new(), |c| c.to_string());
-        let _: i64 = self
-            .run(
-                &self.scripts.learn,
-                key,
-                &[&counter, existence_code(exists)],
-            )
-            .await?;
+    /// Records whether `key` exists: as a read of the version `seen` learned it (if still
+    /// current), or as the writer holding the lease `token` learned it.
+    async fn learn(&self, key: &str, by: Learner<'_>, exists: Existence) -> Result<(), StoreError> {
+        let (token, instance, counter) = match by {
+            Learner::Read(version) => (
+                "",
+                instance_code(version.instance),
+                version.counter.to_string(),
+            ),
+            Learner::Writer(token) => (token, String::new(), String::new()),
+        };
+        let args = [token, &instance, &counter, existence_code(exists)];
+        let _: i64 = self.run(&self.scripts.learn, key, &args).await?;
         Ok(())
     }
+}
+
+/// Who learned whether a resource exists.
+enum Learner<'a> {
+    /// A read of this version.
+    Read(Version),
+    /// The writer holding the lease with this token.
+    Writer(&'a str),
 }
 
 fn existence_code(exists: Existence) -> &'static str {
@@ -277,15 +297,17 @@ fn existence_code(exists: Existence) -> &'static str {
 }
 
 fn snapshot(
-    (history, counter, modified, ambiguous, exists, fingerprint, confirmed): SnapshotRow,
-) -> Snapshot {
-    let version = version((history, counter, modified, ambiguous, exists));
-    Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed)
+    (instance, counter, modified, ambiguous, exists, fingerprint, confirmed): SnapshotRow,
+) -> Result<Snapshot, StoreError> {
+    let version = version((instance, counter, modified, ambiguous, exists))?;
+    Ok(Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed))
 }
 
-fn version((history, counter, modified, ambiguous, exists): Row) -> Version {
-    Version {
-        instance: history_instance(&history),
+fn version((instance, counter, modified, ambiguous, exists): Row) -> Result<Version, StoreError> {
+    let instance = u64::from_str_radix(&instance, 16)
+        .map_err(|_| StoreError::new(format!("a record's instance is not hex: {instance:?}")))?;
+    Ok(Version {
+        instance,
         counter,
         modified,
         ambiguous: ambiguous == 1,
@@ -294,14 +316,14 @@ fn version((history, counter, modified, ambiguous, exists): Row) -> Version {
             "a" => Existence::Absent,
             _ => Existence::Unknown,
         },
-    }
+    })
 }
 
-/// The ETag instance of a history: a hash of the server's run and replication ids that every
-/// proxy computes alike (FNV-1a). Both ids are random per process and per promotion, so tags
-/// of two histories never meet.
-fn history_instance(history: &str) -> u64 {
-    BodyHash::of(history.as_bytes())
+/// An instance as the scripts keep it: the first 16 hex digits of a SHA-1 (of the history and
+/// the time the record was made in it), so tags of two histories, or of a record deleted and
+/// made again, never meet.
+fn instance_code(instance: u64) -> String {
+    format!("{instance:016x}")
 }
 
 /// `now + duration`, or far in the future when that overflows (a huge setting is "never").
@@ -339,7 +361,7 @@ where
         _now: u64,
     ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
         let key = key.as_ref().to_owned();
-        async move { self.snapshot(&self.scripts.current, &key).await }
+        async move { self.snapshot(&self.scripts.current, &key, &[]).await }
     }
 
     /// The first look after [`lock`](VersionStore::lock) costs nothing: the lease script read
@@ -354,11 +376,11 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let key = key.as_ref().to_owned();
+        let (key, token) = (key.as_ref().to_owned(), lock.token.clone());
         async move {
             match taken_at {
                 Some(snapshot) => Ok(snapshot),
-                None => self.snapshot(&self.scripts.peek, &key).await,
+                None => self.snapshot(&self.scripts.peek, &key, &[&token]).await,
             }
         }
     }
@@ -372,13 +394,16 @@ where
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send {
         let key = key.as_ref().to_owned();
         let fingerprint = fingerprint.encode();
-        let counter = seen.version.counter.to_string();
+        let (instance, counter) = (
+            instance_code(seen.version.instance),
+            seen.version.counter.to_string(),
+        );
         let carried = seen
             .fingerprint
             .as_ref()
             .map_or(String::new(), Fingerprint::encode);
         async move {
-            let (history, counter, modified, ambiguous, exists, outcome): (
+            let (instance, counter, modified, ambiguous, exists, outcome): (
                 String,
                 u64,
                 u64,
@@ -389,10 +414,10 @@ where
                 .run(
                     &self.scripts.observe,
                     &key,
-                    &[&counter, &fingerprint, &carried],
+                    &[&instance, &counter, &fingerprint, &carried],
                 )
                 .await?;
-            let version = version((history, counter, modified, ambiguous, exists));
+            let version = version((instance, counter, modified, ambiguous, exists))?;
             Ok(match outcome.as_str() {
                 "c" => Observed::Confirmed,
                 "b" => Observed::Changed(version),
@@ -407,21 +432,20 @@ where
         if exists == Existence::Unknown || exists == seen.version.exists {
             return;
         }
-        let counter = seen.version.counter;
-        let (store, key) = (self.clone(), key.as_ref().to_owned());
+        let (store, key, version) = (self.clone(), key.as_ref().to_owned(), seen.version);
         tokio::spawn(async move {
-            let _ = store.learn(&key, Some(counter), exists).await;
+            let _ = store.learn(&key, Learner::Read(version), exists).await;
         });
     }
 
     fn learn_existence(
         &self,
         key: &K,
-        _lock: &RedisLock,
+        lock: &RedisLock,
         exists: Existence,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let key = key.as_ref().to_owned();
-        async move { self.learn(&key, None, exists).await }
+        let (key, token) = (key.as_ref().to_owned(), lock.token.clone());
+        async move { self.learn(&key, Learner::Writer(&token), exists).await }
     }
 
     /// One round trip when the lease is free: the script takes it and reads the version.
@@ -451,11 +475,11 @@ where
             };
             loop {
                 held.expires = after(hold);
-                let taken: (u8, Option<SnapshotRow>) = self
+                let (taken, row): (u8, SnapshotRow) = self
                     .run(&self.scripts.lock, &held.key, &[&held.token, &lease])
                     .await?;
-                if let (1, Some(row)) = taken {
-                    held.taken_at = Mutex::new(Some(snapshot(row)));
+                if taken == 1 {
+                    held.taken_at = Mutex::new(Some(snapshot(row)?));
                     return Ok(Some(held));
                 }
                 if Instant::now() >= deadline {
