@@ -13,7 +13,7 @@
 //! snapshot, may lack the last versions the layer issued. Every script compares the server's
 //! run id and replication id with the ones the resource's record was written under; when they
 //! differ, the record is from another history, and the resource starts over as an unknown one:
-//! a new tag (hashed from the new history), dated now and ambiguous for a second more than
+//! a new tag (its instance drawn anew), dated now and ambiguous for a second more than
 //! usual (clocks of two Redis servers may differ). No validator issued before then validates,
 //! so a client holding one gets `412` and re-reads; a client that re-reads writes again at
 //! once with the new tag, or with its date two seconds later.
@@ -25,10 +25,9 @@
 //! have overtaken it.
 //!
 //! Limits, stated plainly: a write in flight while its lease is lost (a process paused longer
-//! than its lease, a failover before the lease reached the replica) can be overtaken by the next
-//! writer before its own bump; and Redis must not evict these keys (`maxmemory-policy
-//! noeviction`, or a `volatile-*` policy), since a record Redis forgets within one history would
-//! start again at counter 0 and could reissue a tag.
+//! than its lease, a failover before the lease reached the replica, the record evicted) can be
+//! overtaken by the next writer before its own bump. Versions stay safe: a record Redis forgets
+//! is made anew with another instance, as after a failover.
 
 mod connection;
 mod scripts;
