@@ -108,6 +108,7 @@ mod fingerprint;
 mod future;
 pub mod key;
 mod layer;
+mod metrics;
 mod precondition;
 mod read;
 mod request_body;

@@ -657,3 +657,16 @@ impl std::fmt::Debug for RedisStore {
             .finish_non_exhaustive()
     }
 }
+
+impl RedisStore {
+    /// Whether Redis answers: one `PING` over the store's connection (for readiness checks).
+    pub fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let mut connection = self.connection.clone();
+        async move {
+            redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(StoreError::new)
+        }
+    }
+}
