@@ -25,7 +25,8 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey, St = MemoryStore<<K as Extr
     extract_key: K,
     store: Arc<St>,
     config: Config,
-    metrics: Metrics,
+    /// The `class` label of the metrics of the services it makes.
+    class: Arc<str>,
 }
 
 /// The `class` label of a layer's metrics until [`ConditionalLayer::metrics_class`] names it.
@@ -50,7 +51,7 @@ impl ConditionalLayer {
             extract_key: PathKey,
             store: Arc::new(MemoryStore::new()),
             config: Config::default(),
-            metrics: Metrics::new(DEFAULT_CLASS),
+            class: Arc::from(DEFAULT_CLASS),
         }
     }
 }
@@ -85,7 +86,7 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
             store: Arc::new(self.store.rekey()),
             extract_key,
             config: self.config,
-            metrics: self.metrics,
+            class: self.class,
         }
     }
 
@@ -103,7 +104,7 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
             extract_key: self.extract_key,
             store: Arc::new(store),
             config: self.config,
-            metrics: self.metrics,
+            class: self.class,
         }
     }
 
@@ -255,8 +256,8 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
 
     /// Labels this layer's metrics with `class="<class>"` (`"default"` otherwise): a service
     /// with several layers, say one per kind of resource, tells their metrics apart by it.
-    /// Metric handles are registered here and when the layer is made, with the recorder
-    /// installed then: install it first. See the README for the metrics.
+    /// Each service the layer makes registers its metric handles with the recorder installed
+    /// then: install it before. See the README for the metrics.
     ///
     /// ```
     /// use tower_conditional::ConditionalLayer;
@@ -267,7 +268,7 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics_class(mut self, class: &str) -> Self {
-        self.metrics = Metrics::new(class);
+        self.class = Arc::from(class);
         self
     }
 
@@ -289,7 +290,7 @@ impl<S, K: ExtractKey + Clone, St> Layer<S> for ConditionalLayer<K, St> {
             self.extract_key.clone(),
             self.store.clone(),
             self.config,
-            self.metrics.clone(),
+            Metrics::new(&self.class),
         )
     }
 }
@@ -300,7 +301,7 @@ impl<K: ExtractKey + Clone, St> Clone for ConditionalLayer<K, St> {
             extract_key: self.extract_key.clone(),
             store: self.store.clone(),
             config: self.config,
-            metrics: self.metrics.clone(),
+            class: self.class.clone(),
         }
     }
 }

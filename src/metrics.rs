@@ -1,9 +1,9 @@
 //! What the layer records through the [`metrics`](https://docs.rs/metrics) facade, with the
 //! `metrics` feature: the names, and the handles it records with.
 //!
-//! Handles are registered once, when a layer is built (or given a class), with whatever
-//! recorder is installed then: install it first. A request then only bumps atomics through
-//! them: no name lookup, no label formatting, no allocation. Without the feature, [`Metrics`]
+//! Handles are registered once per service the layer makes, with whatever recorder is
+//! installed then: install it first. A request then only bumps atomics through them: no name
+//! lookup, no label formatting, no allocation. Without the feature, [`Metrics`]
 //! is zero-sized and every recording function is empty.
 //!
 //! Names follow Prometheus conventions (base units, `_total` on counters); the README lists

@@ -392,15 +392,16 @@ fn decide<B>(request: &mut Request<B>, snapshot: &Snapshot, now: u64) -> Decided
     let version = snapshot.version;
     let conditions = Conditions::parse(request.headers(), version);
     let if_exists = match conditions.verdict(false, version, false) {
-        Verdict::Decided(Decision::Forward) => None,
+        // A read is never refused for a missing or malformed precondition.
+        Verdict::Decided(
+            Decision::Forward | Decision::PreconditionRequired | Decision::BadRequest(_),
+        ) => None,
         Verdict::Decided(Decision::NotModified) => {
             return Decided::Answer(Answer::not_modified(snapshot.clone(), now));
         }
         Verdict::Decided(Decision::PreconditionFailed(failed)) => {
             return Decided::Answer(Answer::precondition_failed(failed, version, now));
         }
-        // A read is never refused for a missing or malformed precondition.
-        Verdict::Decided(Decision::PreconditionRequired | Decision::BadRequest(_)) => None,
         // A `*` on a resource whose existence is unknown: the response will tell.
         Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
     };

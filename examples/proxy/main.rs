@@ -274,7 +274,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    // Before the layer is built: it registers its metrics with the recorder installed then.
+    // Before the layer makes its service, which registers its metrics with the recorder then.
     let metrics = match cli.metrics_listen {
         Some(_) => Some(ops::install()?),
         None => None,
