@@ -77,7 +77,12 @@ pub type Check =
 
 /// Whether the upstream at `uri` accepts a TCP connection within `timeout`.
 pub fn upstream_check(uri: &Uri, timeout: Duration) -> Check {
-    let host = uri.host().unwrap_or_default().to_owned();
+    // An IPv6 literal comes bracketed in a URI, not in a socket address.
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(80);
     Arc::new(move || {
         let host = host.clone();
