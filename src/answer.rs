@@ -13,7 +13,7 @@ use http::{
 use crate::{
     body::ResponseBody,
     date,
-    precondition::Malformed,
+    precondition::{Failed, Malformed},
     store::{Snapshot, Version},
 };
 
@@ -21,6 +21,8 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Answer {
     status: StatusCode,
+    /// Why, for metrics and logs.
+    said: Said,
     body: &'static str,
     /// The version whose validators the answer carries.
     stamp: Option<Version>,
@@ -29,11 +31,29 @@ pub(crate) struct Answer {
     now: u64,
 }
 
+/// What an answer tells its client, in the terms of the layer's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Said {
+    NotModified,
+    PreconditionFailed(Failed),
+    PreconditionRequired,
+    /// `400`: a malformed tag condition, or a write body that failed.
+    BadRequest,
+    /// `413`.
+    TooLarge,
+    /// `503`: a busy lock, an unreachable store, an inconclusive probe or verification, an
+    /// abandoned write.
+    Unavailable,
+    /// `504`, `500`, `502`: what became of a forwarded request the layer could not relay.
+    ForwardFailed,
+}
+
 impl Answer {
     /// `304 Not Modified` for `snapshot`, repeating what its last 2xx read carried.
     pub(crate) fn not_modified(snapshot: Snapshot, now: u64) -> Self {
         Self {
             status: StatusCode::NOT_MODIFIED,
+            said: Said::NotModified,
             body: "",
             stamp: Some(snapshot.version),
             cached: snapshot.cached,
@@ -41,10 +61,12 @@ impl Answer {
         }
     }
 
-    /// `412 Precondition Failed`, with the validators of the current `version`.
-    pub(crate) fn precondition_failed(version: Version, now: u64) -> Self {
+    /// `412 Precondition Failed` (`failed` said so), with the validators of the current
+    /// `version`.
+    pub(crate) fn precondition_failed(failed: Failed, version: Version, now: u64) -> Self {
         Self {
             status: StatusCode::PRECONDITION_FAILED,
+            said: Said::PreconditionFailed(failed),
             body: "412 Precondition Failed: the resource has changed since the version this \
 request was based on. Re-read it (GET) and retry with its new ETag or Last-Modified.\n",
             stamp: Some(version),
@@ -57,6 +79,7 @@ request was based on. Re-read it (GET) and retry with its new ETag or Last-Modif
     pub(crate) fn precondition_required(now: u64) -> Self {
         Self::plain(
             StatusCode::PRECONDITION_REQUIRED,
+            Said::PreconditionRequired,
             "428 Precondition Required: this server refuses blind overwrites. Read the \
 resource first and send its ETag in If-Match (or its Last-Modified in If-Unmodified-Since), or \
 If-None-Match: * to create it only if it does not exist.\n",
@@ -77,13 +100,14 @@ such as \"abc.1\" (quotes included).\n"
 entity-tags such as \"abc.1\" (quotes included).\n"
             }
         };
-        Self::plain(StatusCode::BAD_REQUEST, body, now)
+        Self::plain(StatusCode::BAD_REQUEST, Said::BadRequest, body, now)
     }
 
     /// `413 Content Too Large`: a write body over the layer's limit.
     pub(crate) fn body_too_large(now: u64) -> Self {
         Self::plain(
             StatusCode::PAYLOAD_TOO_LARGE,
+            Said::TooLarge,
             "413 Content Too Large: write bodies are read in full before the resource is \
 locked, and this one is over the limit.\n",
             now,
@@ -94,6 +118,7 @@ locked, and this one is over the limit.\n",
     pub(crate) fn body_unreadable(now: u64) -> Self {
         Self::plain(
             StatusCode::BAD_REQUEST,
+            Said::BadRequest,
             "400 Bad Request: the request body could not be read.\n",
             now,
         )
@@ -131,6 +156,7 @@ exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n",
     pub(crate) fn write_timed_out(now: u64) -> Self {
         Self::plain(
             StatusCode::GATEWAY_TIMEOUT,
+            Said::ForwardFailed,
             "504 Gateway Timeout: the write took too long; its outcome is unknown. Re-read \
 the resource before retrying.\n",
             now,
@@ -141,6 +167,7 @@ the resource before retrying.\n",
     pub(crate) fn write_panicked(now: u64) -> Self {
         Self::plain(
             StatusCode::INTERNAL_SERVER_ERROR,
+            Said::ForwardFailed,
             "500 Internal Server Error: the service failed (it panicked) while handling this \
 write; its outcome is unknown. Re-read the resource before retrying.\n",
             now,
@@ -185,9 +212,15 @@ cannot be checked. Retry shortly.\n",
     pub(crate) fn body_failed(now: u64) -> Self {
         Self::plain(
             StatusCode::BAD_GATEWAY,
+            Said::ForwardFailed,
             "502 Bad Gateway: the backend's response body failed before it could be sent.\n",
             now,
         )
+    }
+
+    /// What it tells its client.
+    pub(crate) fn said(&self) -> Said {
+        self.said
     }
 
     /// Whether this is a `304 Not Modified`.
@@ -196,12 +229,18 @@ cannot be checked. Retry shortly.\n",
     }
 
     fn unavailable(body: &'static str, now: u64) -> Self {
-        Self::plain(StatusCode::SERVICE_UNAVAILABLE, body, now)
+        Self::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Said::Unavailable,
+            body,
+            now,
+        )
     }
 
-    fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
+    fn plain(status: StatusCode, said: Said, body: &'static str, now: u64) -> Self {
         Self {
             status,
+            said,
             body,
             stamp: None,
             cached: None,

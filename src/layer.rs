@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use crate::{
     key::{ExtractKey, PathKey},
+    metrics::Metrics,
     service::Conditional,
     store::{MemoryStore, Rekey, VersionStore},
     write::Config,
@@ -24,7 +25,12 @@ pub struct ConditionalLayer<K: ExtractKey = PathKey, St = MemoryStore<<K as Extr
     extract_key: K,
     store: Arc<St>,
     config: Config,
+    /// The `class` label of the metrics of the services it makes.
+    class: Arc<str>,
 }
+
+/// The `class` label of a layer's metrics until [`ConditionalLayer::metrics_class`] names it.
+const DEFAULT_CLASS: &str = "default";
 
 impl ConditionalLayer {
     /// A layer keyed by the normalized request path, with an unbounded in-memory store on the
@@ -45,6 +51,7 @@ impl ConditionalLayer {
             extract_key: PathKey,
             store: Arc::new(MemoryStore::new()),
             config: Config::default(),
+            class: Arc::from(DEFAULT_CLASS),
         }
     }
 }
@@ -79,6 +86,7 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
             store: Arc::new(self.store.rekey()),
             extract_key,
             config: self.config,
+            class: self.class,
         }
     }
 
@@ -96,6 +104,7 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
             extract_key: self.extract_key,
             store: Arc::new(store),
             config: self.config,
+            class: self.class,
         }
     }
 
@@ -245,6 +254,24 @@ impl<K: ExtractKey, St> ConditionalLayer<K, St> {
         self
     }
 
+    /// Labels this layer's metrics with `class="<class>"` (`"default"` otherwise): a service
+    /// with several layers, say one per kind of resource, tells their metrics apart by it.
+    /// Each service the layer makes registers its metric handles with the recorder installed
+    /// then: install it before. See the README for the metrics.
+    ///
+    /// ```
+    /// use tower_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().metrics_class("documents");
+    /// # drop(layer);
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_class(mut self, class: &str) -> Self {
+        self.class = Arc::from(class);
+        self
+    }
+
     /// How many resources the store tracks (in this process).
     pub fn tracked_resources(&self) -> usize
     where
@@ -263,6 +290,7 @@ impl<S, K: ExtractKey + Clone, St> Layer<S> for ConditionalLayer<K, St> {
             self.extract_key.clone(),
             self.store.clone(),
             self.config,
+            Metrics::new(&self.class),
         )
     }
 }
@@ -273,6 +301,7 @@ impl<K: ExtractKey + Clone, St> Clone for ConditionalLayer<K, St> {
             extract_key: self.extract_key.clone(),
             store: self.store.clone(),
             config: self.config,
+            class: self.class.clone(),
         }
     }
 }

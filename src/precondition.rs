@@ -18,12 +18,24 @@ pub(crate) enum Decision {
     Forward,
     /// `304 Not Modified`.
     NotModified,
-    /// `412 Precondition Failed`.
-    PreconditionFailed,
+    /// `412 Precondition Failed`, and the field that failed.
+    PreconditionFailed(Failed),
     /// `428 Precondition Required` (RFC 6585 §3), when the layer requires preconditions.
     PreconditionRequired,
     /// `400 Bad Request`: a malformed condition on a write, which must not be ignored.
     BadRequest(Malformed),
+}
+
+/// The conditional field whose failure answers `412`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    IfMatch,
+    IfUnmodifiedSince,
+    /// On a write: `If-None-Match` names the current version, or `*` finds the resource.
+    IfNoneMatch,
+    /// The backend refused the `If-Match` the layer forwarded with its own tag
+    /// (`forward_validators`): a writer bypassed the layer.
+    Backend,
 }
 
 /// A tag condition that cannot be parsed.
@@ -129,9 +141,9 @@ impl Conditions {
         // Step 2: else If-Unmodified-Since (§13.1.4), exact match against an unshared date.
         match self.if_match {
             TagCondition::Malformed if write => return BadRequest(Malformed::IfMatch),
-            TagCondition::Any if !exists => return PreconditionFailed,
+            TagCondition::Any if !exists => return PreconditionFailed(Failed::IfMatch),
             TagCondition::List { strong_match, .. } if !(strong_match && exists) => {
-                return PreconditionFailed;
+                return PreconditionFailed(Failed::IfMatch);
             }
             TagCondition::Any | TagCondition::List { .. } => {}
             TagCondition::Absent | TagCondition::Malformed => {
@@ -139,7 +151,7 @@ impl Conditions {
                     .if_unmodified_since
                     .is_some_and(|date| !version.is_validated_by(date))
                 {
-                    return PreconditionFailed;
+                    return PreconditionFailed(Failed::IfUnmodifiedSince);
                 }
             }
         }
@@ -158,7 +170,7 @@ impl Conditions {
         };
         if none_match_fails {
             return if write {
-                PreconditionFailed
+                PreconditionFailed(Failed::IfNoneMatch)
             } else {
                 NotModified
             };
@@ -240,7 +252,7 @@ mod tests {
         assert_eq!(
             verdict,
             Verdict::DependsOnExistence {
-                exists: Decision::PreconditionFailed,
+                exists: Decision::PreconditionFailed(Failed::IfNoneMatch),
                 absent: Decision::Forward
             }
         );
@@ -253,7 +265,7 @@ mod tests {
             verdict,
             Verdict::DependsOnExistence {
                 exists: Decision::Forward,
-                absent: Decision::PreconditionFailed
+                absent: Decision::PreconditionFailed(Failed::IfMatch)
             }
         );
         let verdict = conditions(&[]).verdict(true, version(Existence::Unknown), false);

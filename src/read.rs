@@ -18,9 +18,10 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::{
-    answer::{self, Answer},
+    answer::{self, Answer, Said},
     body::ResponseBody,
     fingerprint::{BodyHash, Bypass, Fingerprint},
+    metrics::{Metrics, StoreOp, Timer},
     precondition::{self, Conditions, Decision, Verdict},
     request_body::{bodiless, FromBytes},
     store::{Observed, Snapshot, Version, VersionStore},
@@ -57,6 +58,7 @@ pub(crate) fn begin<B, Key, St>(
     store: &Arc<St>,
     key: Key,
     request: &mut Request<B>,
+    metrics: &Metrics,
 ) -> Begun<Key, St>
 where
     St: VersionStore<Key>,
@@ -73,6 +75,8 @@ where
             key,
             snapshot,
             if_exists,
+            metrics: metrics.clone(),
+            started: Timer::start(),
         }),
     }
 }
@@ -85,6 +89,7 @@ pub(crate) async fn later<S, ReqBody, ResBody, Key, St>(
     key: Key,
     store: Arc<St>,
     bypass: Bypass,
+    metrics: Metrics,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -94,28 +99,39 @@ where
     St: VersionStore<Key>,
 {
     let now = store.now();
-    let snapshot = match store.current(&key, now).await {
+    let snapshot = match metrics
+        .store(StoreOp::Current, store.current(&key, now))
+        .await
+    {
         Ok(snapshot) => snapshot,
         Err(err) => {
             // No version to vouch for: forward without the 304 shortcut, and without validators
             // a client could later send back.
             tracing::warn!(error = %err, "read forwarded without preconditions");
             precondition::remove_conditions(request.headers_mut());
+            let started = Timer::start();
             let res = inner.call(request).await?;
+            metrics.forwarded_read(started);
             return Ok(unvouched(res.map(ResponseBody::inner)));
         }
     };
     if !bypass.any() {
         let if_exists = match decide(&mut request, &snapshot, now) {
-            Decided::Answer(answer) => return Ok(answer.into_response()),
+            Decided::Answer(answer) => {
+                metrics.answered(answer.said());
+                return Ok(answer.into_response());
+            }
             Decided::Forward { if_exists } => if_exists,
         };
+        let started = Timer::start();
         let res = inner.call(request).await?;
         let read = ReadInFlight {
             store,
             key,
             snapshot,
             if_exists,
+            metrics,
+            started,
         };
         return Ok(read.finish(res).into_response());
     }
@@ -130,6 +146,7 @@ where
     let method = request.method().clone();
     let (if_exists, revalidating) = match decide(&mut request, &snapshot, now) {
         Decided::Answer(answer) if fresh || !answer.is_not_modified() => {
+            metrics.answered(answer.said());
             return Ok(answer.into_response());
         }
         // Revalidate: ask the backend with its own validator, whatever the client sent.
@@ -152,10 +169,13 @@ where
     };
     let (parts, body) = request.into_parts();
     let retry = revalidating.then(|| bodiless::<ReqBody>(method.clone(), &parts));
+    let started = Timer::start();
     let res = inner.call(Request::from_parts(parts, body)).await?;
     let backend_304 = res.status() == StatusCode::NOT_MODIFIED;
-    let (res, stamp, confirmed) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    let observed = fingerprinted(res, &method, &store, &key, &snapshot, now, &metrics);
+    let (res, stamp, confirmed) = observed.await;
     let Some(stamp) = stamp else {
+        metrics.forwarded_read(started);
         return Ok(res); // no version to vouch for
     };
     let read = ReadInFlight {
@@ -163,12 +183,15 @@ where
         key: key.clone(),
         snapshot: snapshot.clone(),
         if_exists,
+        metrics: metrics.clone(),
+        started,
     };
     let Some(retry) = retry else {
         return Ok(read.finish_stamped(res, stamp));
     };
     // Revalidated: the client's `304` stands only if the backend confirmed the version.
     if confirmed {
+        metrics.answered(Said::NotModified);
         return Ok(Answer::not_modified(snapshot, now).into_response());
     }
     if !backend_304 {
@@ -180,10 +203,14 @@ where
     drop(res);
     std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
     let res = inner.call(retry).await?;
-    let (res, stamp, _) = fingerprinted(res, &method, &store, &key, &snapshot, now).await;
+    let observed = fingerprinted(res, &method, &store, &key, &snapshot, now, &metrics);
+    let (res, stamp, _) = observed.await;
     Ok(match stamp {
         Some(stamp) => read.finish_stamped(res, stamp),
-        None => res,
+        None => {
+            metrics.forwarded_read(started);
+            res
+        }
     })
 }
 
@@ -199,6 +226,7 @@ async fn fingerprinted<ResBody, Key, St>(
     key: &Key,
     seen: &Snapshot,
     now: u64,
+    metrics: &Metrics,
 ) -> (Response<ResponseBody<ResBody>>, Option<Version>, bool)
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -256,7 +284,8 @@ where
             }
         }
     };
-    match store.observe(key, seen, &fingerprint, now).await {
+    let observe = store.observe(key, seen, &fingerprint, now);
+    match metrics.store(StoreOp::Observe, observe).await {
         Ok(Observed::Confirmed) => (res, Some(seen.version), true),
         Ok(Observed::Changed(version)) => {
             tracing::info!(
@@ -363,11 +392,16 @@ fn decide<B>(request: &mut Request<B>, snapshot: &Snapshot, now: u64) -> Decided
     let version = snapshot.version;
     let conditions = Conditions::parse(request.headers(), version);
     let if_exists = match conditions.verdict(false, version, false) {
-        Verdict::Decided(Decision::Forward) => None,
+        // A read is never refused for a missing or malformed precondition.
+        Verdict::Decided(
+            Decision::Forward | Decision::PreconditionRequired | Decision::BadRequest(_),
+        ) => None,
         Verdict::Decided(Decision::NotModified) => {
             return Decided::Answer(Answer::not_modified(snapshot.clone(), now));
         }
-        Verdict::Decided(_) => return Decided::Answer(Answer::precondition_failed(version, now)),
+        Verdict::Decided(Decision::PreconditionFailed(failed)) => {
+            return Decided::Answer(Answer::precondition_failed(failed, version, now));
+        }
         // A `*` on a resource whose existence is unknown: the response will tell.
         Verdict::DependsOnExistence { exists, absent } => Some((exists, absent)),
     };
@@ -383,6 +417,9 @@ pub(crate) struct ReadInFlight<Key, St> {
     key: Key,
     snapshot: Snapshot,
     if_exists: Option<(Decision, Decision)>,
+    metrics: Metrics,
+    /// When it was forwarded.
+    started: Timer,
 }
 
 impl<Key, St: VersionStore<Key>> ReadInFlight<Key, St> {
@@ -416,21 +453,24 @@ impl<Key, St: VersionStore<Key>> ReadInFlight<Key, St> {
             }
             _ => Decision::Forward,
         };
-        match decision {
+        let answer = match decision {
             Decision::NotModified => {
                 let snapshot =
                     Snapshot::new(version).with_cached(answer::cached_headers(res.headers()));
-                Outcome::Answered(Answer::not_modified(snapshot, now))
+                Answer::not_modified(snapshot, now)
             }
-            Decision::PreconditionFailed => {
-                Outcome::Answered(Answer::precondition_failed(version, now))
+            Decision::PreconditionFailed(failed) => {
+                Answer::precondition_failed(failed, version, now)
             }
             _ => {
+                self.metrics.forwarded_read(self.started);
                 if res.status().is_success() {
                     answer::stamp(res.headers_mut(), version, now);
                 }
-                Outcome::Responded(res)
+                return Outcome::Responded(res);
             }
-        }
+        };
+        self.metrics.answered(answer.said());
+        Outcome::Answered(answer)
     }
 }

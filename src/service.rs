@@ -13,6 +13,7 @@ use crate::{
     body::ResponseBody,
     future::ResponseFuture,
     key::{ExtractKey, PathKey},
+    metrics::Metrics,
     read::{self, Begun},
     request_body::FromBytes,
     store::{MemoryStore, VersionStore},
@@ -28,6 +29,7 @@ pub struct Conditional<S, K: ExtractKey = PathKey, St = MemoryStore<<K as Extrac
     extract_key: K,
     store: Arc<St>,
     config: Config,
+    metrics: Metrics,
 }
 
 /// What a request does to its resource.
@@ -50,12 +52,19 @@ impl Access {
 // ===== impl Conditional =====
 
 impl<S, K: ExtractKey, St> Conditional<S, K, St> {
-    pub(crate) fn new(inner: S, extract_key: K, store: Arc<St>, config: Config) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        extract_key: K,
+        store: Arc<St>,
+        config: Config,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             inner,
             extract_key,
             store,
             config,
+            metrics,
         }
     }
 
@@ -116,7 +125,8 @@ where
         };
         if let Access::Write = access {
             let (inner, store) = (self.take_ready(), self.store.clone());
-            let prepare = write::prepare(inner, request, key, store.clone(), self.config);
+            let metrics = self.metrics.clone();
+            let prepare = write::prepare(inner, request, key, store.clone(), self.config, metrics);
             return ResponseFuture::write(Box::pin(prepare), store);
         }
         // Reads on a store that answers at once run unboxed, unless every read is
@@ -124,8 +134,11 @@ where
         let key = if self.config.bypass.any() {
             key
         } else {
-            match read::begin(&self.store, key, &mut request) {
-                Begun::Answered(answer) => return ResponseFuture::answered(answer),
+            match read::begin(&self.store, key, &mut request, &self.metrics) {
+                Begun::Answered(answer) => {
+                    self.metrics.answered(answer.said());
+                    return ResponseFuture::answered(answer);
+                }
                 Begun::Forward(read) => {
                     return ResponseFuture::read(self.inner.call(request), read)
                 }
@@ -133,7 +146,8 @@ where
             }
         };
         let (inner, store) = (self.take_ready(), self.store.clone());
-        let read = read::later(inner, request, key, store, self.config.bypass);
+        let metrics = self.metrics.clone();
+        let read = read::later(inner, request, key, store, self.config.bypass, metrics);
         ResponseFuture::read_later(Box::pin(read))
     }
 }
@@ -145,6 +159,7 @@ impl<S: Clone, K: ExtractKey + Clone, St> Clone for Conditional<S, K, St> {
             extract_key: self.extract_key.clone(),
             store: self.store.clone(),
             config: self.config,
+            metrics: self.metrics.clone(),
         }
     }
 }

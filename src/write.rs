@@ -31,7 +31,8 @@ use tower_service::Service;
 use crate::{
     answer::{self, Answer},
     fingerprint::{self, Bypass, Fingerprint},
-    precondition::{self, Conditions, Decision, Verdict},
+    metrics::{Access, InFlight, Metrics, StoreOp, Timer},
+    precondition::{self, Conditions, Decision, Failed, Verdict},
     request_body::{bodiless, FromBytes},
     store::Snapshot,
     store::{Existence, StoreError, VersionStore},
@@ -108,6 +109,7 @@ pub(crate) async fn prepare<S, ReqBody, ResBody, Key, St>(
     key: Key,
     store: Arc<St>,
     config: Config,
+    metrics: Metrics,
 ) -> Result<Prepared<S::Response, S::Error>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -120,19 +122,23 @@ where
     St: VersionStore<Key>,
 {
     let (parts, body) = request.into_parts();
-    let body = match read_body(body, config.max_body).await {
-        Ok(body) => body,
-        Err(refused) => return Ok(Prepared::Answer(refused.answer(store.now()))),
-    };
-    let request = Request::from_parts(parts, ReqBody::from_bytes(body));
-    match forward_locked(inner, request, key, &store, config).await {
-        Ok(prepared) => Ok(prepared),
-        Err(Refused::Inner(err)) => Err(err),
-        Err(Refused::Store(err)) => {
-            tracing::warn!(error = %err, "write refused");
-            Ok(Prepared::Answer(Answer::store_unavailable(store.now())))
+    let answer = match read_body(body, config.max_body).await {
+        Ok(body) => {
+            let request = Request::from_parts(parts, ReqBody::from_bytes(body));
+            match forward_locked(inner, request, key, &store, config, &metrics).await {
+                Ok(Prepared::Answer(answer)) => answer,
+                Ok(forwarded) => return Ok(forwarded),
+                Err(Refused::Inner(err)) => return Err(err),
+                Err(Refused::Store(err)) => {
+                    tracing::warn!(error = %err, "write refused");
+                    Answer::store_unavailable(store.now())
+                }
+            }
         }
-    }
+        Err(refused) => refused.answer(store.now()),
+    };
+    metrics.answered(answer.said());
+    Ok(Prepared::Answer(answer))
 }
 
 /// Steps 2 to 4: takes the lock, decides, and forwards the write in a task that keeps the lock
@@ -143,6 +149,7 @@ async fn forward_locked<S, ReqBody, ResBody, Key, St>(
     key: Key,
     store: &Arc<St>,
     config: Config,
+    metrics: &Metrics,
 ) -> Result<Prepared<S::Response, S::Error>, Refused<S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -154,15 +161,18 @@ where
     Key: Clone + Send + Sync + 'static,
     St: VersionStore<Key>,
 {
-    let Some(lock) = store
+    let waiting = Timer::start();
+    let lock = store
         .lock(&key, config.lock_timeout, config.lock_hold())
-        .await?
-    else {
+        .await;
+    metrics.lock_waited(waiting);
+    let Some(lock) = lock? else {
         return Ok(Prepared::Answer(Answer::lock_busy(store.now())));
     };
     // The body stays out of the awaits below: it need not be `Sync`.
     let (mut parts, body) = request.into_parts();
-    let seen = match decide_locked(&mut inner, &parts, &key, &**store, &lock, config).await? {
+    let decided = decide_locked(&mut inner, &parts, &key, &**store, &lock, config, metrics);
+    let seen = match decided.await? {
         Decided::Answer(answer) => return Ok(Prepared::Answer(answer)),
         Decided::Forward(seen) => seen,
     };
@@ -206,6 +216,8 @@ where
         lock: Some(lock),
         guarded,
         follow_up,
+        metrics: metrics.clone(),
+        _counted: metrics.in_flight(),
     };
     let (report, outcome) = oneshot::channel();
     tokio::spawn(run(inner.call(request), in_flight, config, report));
@@ -231,6 +243,7 @@ async fn decide_locked<S, ReqBody, ResBody, Key, St>(
     store: &St,
     lock: &St::Lock,
     config: Config,
+    metrics: &Metrics,
 ) -> Result<Decided, Refused<S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -246,6 +259,7 @@ where
             store,
             lock,
             config.require_precondition,
+            metrics,
         )
         .await?
         {
@@ -253,7 +267,7 @@ where
             Step::Answer(answer) => return Ok(Decided::Answer(answer)),
             // Asks the backend what it holds now, once, and decides again against that.
             Step::Forward(_) | Step::Probe if config.bypass.verify_writes && !verified => {
-                let seen = store.peek(key, lock).await?;
+                let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
                 let (head, get) = (
                     bodiless(Method::HEAD, request),
                     bodiless(Method::GET, request),
@@ -264,13 +278,15 @@ where
                 else {
                     return Ok(Decided::Answer(Answer::unverified(store.now())));
                 };
-                store.observe(key, &seen, &fingerprint, store.now()).await?;
+                let observe = store.observe(key, &seen, &fingerprint, store.now());
+                metrics.store(StoreOp::Observe, observe).await?;
                 // What it serves also says whether it exists: no second probe for a `*`.
                 let exists = match fingerprint {
                     Fingerprint::Absent => Existence::Absent,
                     _ => Existence::Exists,
                 };
-                store.learn_existence(key, lock, exists).await?;
+                let learn = store.learn_existence(key, lock, exists);
+                metrics.store(StoreOp::LearnExistence, learn).await?;
                 verified = true;
                 poll_fn(|cx| inner.poll_ready(cx))
                     .await
@@ -290,7 +306,8 @@ where
                     Ok(exists) => exists.map_err(Refused::Inner)?,
                     Err(_elapsed) => Existence::Unknown,
                 };
-                store.learn_existence(key, lock, exists).await?;
+                let learn = store.learn_existence(key, lock, exists);
+                metrics.store(StoreOp::LearnExistence, learn).await?;
                 probed = true;
                 poll_fn(|cx| inner.poll_ready(cx))
                     .await
@@ -352,9 +369,14 @@ async fn run<F, ResBody, E, Key, St>(
     Key: Clone,
     St: VersionStore<Key>,
 {
-    let outcome = match tokio::time::timeout(config.write_timeout, catch_unwind(call)).await {
+    let metrics = in_flight.metrics.clone();
+    let started = Timer::start();
+    let answered = tokio::time::timeout(config.write_timeout, catch_unwind(call)).await;
+    metrics.upstream(Access::Write, started);
+    let outcome = match answered {
         Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
             // The backend may still be applying it: keep others out for the grace period.
+            metrics.written(Some(res.status()));
             let _ = report.send(Outcome::Response(Ok(res)));
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
@@ -370,12 +392,18 @@ async fn run<F, ResBody, E, Key, St>(
             Outcome::Panicked
         }
         Err(_elapsed) => {
+            metrics.written(None);
             let _ = report.send(Outcome::TimedOut);
             tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
             tokio::time::sleep(config.timeout_grace).await;
             return drop(in_flight);
         }
     };
+    match &outcome {
+        Outcome::Response(Ok(res)) => metrics.written(Some(res.status())),
+        Outcome::Answer(answer) => metrics.answered(answer.said()),
+        Outcome::Response(Err(_)) | Outcome::TimedOut | Outcome::Panicked => metrics.written(None),
+    }
     // Sent only once the version is bumped, so the client's next write sees it.
     let _ = report.send(outcome);
 }
@@ -410,8 +438,9 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     store: &St,
     lock: &St::Lock,
     require_precondition: bool,
+    metrics: &Metrics,
 ) -> Result<Step, StoreError> {
-    let seen = store.peek(key, lock).await?;
+    let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
     let version = seen.version;
     let conditions = Conditions::parse(headers, version);
     let decision = match conditions.verdict(true, version, require_precondition) {
@@ -421,9 +450,13 @@ async fn evaluate<Key, St: VersionStore<Key>>(
     let now = store.now();
     Ok(Step::Answer(match decision {
         Decision::Forward => return Ok(Step::Forward(seen)),
-        Decision::PreconditionFailed | Decision::NotModified => {
-            let current = store.current(key, now).await?.version;
-            Answer::precondition_failed(current, now)
+        Decision::PreconditionFailed(_) | Decision::NotModified => {
+            let failed = match decision {
+                Decision::PreconditionFailed(failed) => failed,
+                _ => Failed::IfNoneMatch, // a write's `304` is a `412` (RFC 9110 §13.1.2)
+            };
+            let current = metrics.store(StoreOp::Current, store.current(key, now));
+            Answer::precondition_failed(failed, current.await?.version, now)
         }
         Decision::PreconditionRequired => Answer::precondition_required(now),
         Decision::BadRequest(field) => Answer::malformed(field, now),
@@ -461,6 +494,9 @@ pub(crate) struct WriteInFlight<Key: Clone, St: VersionStore<Key>> {
     guarded: bool,
     /// Reads what the backend serves after the write (with `verify_writes`).
     follow_up: Option<FollowUp>,
+    metrics: Metrics,
+    /// Counts it in the writes in flight until it is dropped.
+    _counted: InFlight,
 }
 
 /// The backend's fingerprint after a write, read under the write's lock.
@@ -477,19 +513,14 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
         let status = res.status();
         if status == StatusCode::PRECONDITION_FAILED && self.guarded {
             let now = self.store.now();
-            return Outcome::Answer(
-                match self
-                    .store
-                    .bump(&self.key, lock, Existence::Unknown, None)
-                    .await
-                {
-                    Ok(version) => Answer::precondition_failed(version, now),
-                    Err(err) => {
-                        tracing::error!(error = %err, "a write's version could not be recorded");
-                        Answer::store_unavailable(now)
-                    }
-                },
-            );
+            let bump = self.store.bump(&self.key, lock, Existence::Unknown, None);
+            return Outcome::Answer(match self.metrics.store(StoreOp::Bump, bump).await {
+                Ok(version) => Answer::precondition_failed(Failed::Backend, version, now),
+                Err(err) => {
+                    tracing::error!(error = %err, "a write's version could not be recorded");
+                    Answer::store_unavailable(now)
+                }
+            });
         }
         if status.is_client_error() {
             return Outcome::Response(Ok(res)); // the lock is released as it drops
@@ -512,7 +543,8 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
             }
             _ => None,
         };
-        match self.store.bump(&self.key, lock, exists, fingerprint).await {
+        let bump = self.store.bump(&self.key, lock, exists, fingerprint);
+        match self.metrics.store(StoreOp::Bump, bump).await {
             Ok(version) if status.is_success() => {
                 answer::stamp(res.headers_mut(), version, self.store.now())
             }

@@ -245,11 +245,10 @@ async fn a_client_that_leaves_mid_write_does_not_let_the_next_write_in_early() {
 async fn a_thousand_resources_in_a_table_of_a_hundred() {
     let backend = Backend::default();
     let upstream = support::serve(backend.service()).await;
-    let (_proxy, client) = proxy_for(
-        upstream,
-        &["--max-resources", "100", "--stats-path", "/_stats"],
-    )
-    .await;
+    let upstream = format!("http://{upstream}");
+    let args = ["--upstream", &upstream, "--max-resources", "100"];
+    let (_proxy, addr, ops) = support::proxy::start_proxy_with_ops(&args).await;
+    let client = HttpClient::new(addr);
     let mut tags = Vec::new();
     for i in 0..1000 {
         let saved = client
@@ -258,14 +257,18 @@ async fn a_thousand_resources_in_a_table_of_a_hundred() {
         assert_eq!(saved.status, StatusCode::OK);
         tags.push(saved.tag());
     }
-    let stats = client.send(Method::GET, "/_stats", &[], "").await;
-    let tracked: usize = stats
-        .text()
-        .split("\"tracked_resources\":")
-        .nth(1)
-        .and_then(|rest| rest.trim_end_matches(['}', '\n']).parse().ok())
-        .unwrap();
-    assert!(tracked <= 100, "{tracked} resources tracked");
+    #[cfg(feature = "metrics")]
+    {
+        let scraped = support::proxy::scrape(ops).await;
+        let tracked = "tower_conditional_tracked_resources";
+        let tracked = support::proxy::sample(&scraped, tracked, &[]);
+        assert!(tracked <= 100.0, "{tracked} resources tracked");
+        let evicted = "tower_conditional_evictions_total";
+        let evicted = support::proxy::sample(&scraped, evicted, &[]);
+        assert_eq!(tracked + evicted, 1000.0, "each forgotten one counted");
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = ops;
     // The oldest were forgotten: their holders' tags are refused, never accepted.
     for (i, held) in tags.iter().enumerate().take(100) {
         let path = format!("/doc/{i}");

@@ -678,15 +678,13 @@ async fn stalled_uploads_stay_within_the_buffered_bytes_budget() {
 async fn a_stalled_upload_gets_408_after_the_body_timeout() {
     let backend = Backend::default();
     let upstream = support::serve(backend.service()).await;
-    let (_proxy, addr) = start_proxy(&[
+    let (_proxy, addr, ops) = support::proxy::start_proxy_with_ops(&[
         "--upstream",
         &upstream_arg(upstream),
         "--body-timeout",
         "1",
         "--request-timeout",
         "60",
-        "--stats-path",
-        "/_stats",
     ])
     .await;
     let answer = raw(
@@ -696,14 +694,9 @@ async fn a_stalled_upload_gets_408_after_the_body_timeout() {
     .await;
     assert_eq!(status(&answer), 408, "{answer}");
     assert_eq!(backend.hits(), 0, "nothing forwarded");
-    let stats = HttpClient::new(addr)
-        .send(Method::GET, "/_stats", &[], "")
-        .await;
-    assert!(
-        stats.text().contains("\"slow_uploads\":1"),
-        "{}",
-        stats.text()
-    );
+    let scraped = support::proxy::scrape(ops).await;
+    let slow = "tower_conditional_proxy_slow_uploads_total";
+    assert_eq!(support::proxy::sample(&scraped, slow, &[]), 1.0);
 }
 
 // ===== 8. HTTP/2 fan-out to the upstream =====

@@ -3,7 +3,10 @@
 mod support;
 
 use http::{Method, StatusCode};
-use support::{proxy::start_proxy, Backend, HttpClient};
+use support::{
+    proxy::{start_proxy, start_proxy_with_ops},
+    Backend, HttpClient,
+};
 
 #[tokio::test]
 async fn proxy_serves_its_demo_backend_with_optimistic_locking() {
@@ -224,36 +227,6 @@ async fn proxy_speaks_http2_with_prior_knowledge() {
 }
 
 #[tokio::test]
-async fn proxy_counts_what_it_does() {
-    let (_proxy, addr) = start_proxy(&["--stats-path", "/_stats", "--require-precondition"]).await;
-    let client = HttpClient::new(addr);
-    let read = client.send(Method::GET, "/api/storage", &[], "").await;
-    let tag = read.header(http::header::ETAG).unwrap().to_owned();
-    client
-        .send(Method::GET, "/api/storage", &[("if-none-match", &tag)], "")
-        .await;
-    client.send(Method::PUT, "/api/storage", &[], "blind").await;
-    client
-        .send(
-            Method::PUT,
-            "/api/storage",
-            &[("if-match", "\"stale.1\"")],
-            "stale",
-        )
-        .await;
-    client
-        .send(Method::PUT, "/api/storage", &[("if-match", &tag)], "ok")
-        .await;
-    let stats = client.send(Method::GET, "/_stats", &[], "").await;
-    assert_eq!(
-        stats.text().trim(),
-        "{\"reads\":2,\"not_modified\":1,\"writes\":3,\"precondition_failed\":1,\
-         \"precondition_required\":1,\"upstream_errors\":0,\"slow_uploads\":0,\"busy\":0,\
-         \"tracked_resources\":1}"
-    );
-}
-
-#[tokio::test]
 async fn proxy_shuts_down_gracefully_on_sigterm() {
     let backend = Backend::default();
     let upstream = support::serve(backend.service()).await;
@@ -325,7 +298,7 @@ async fn a_sigterm_right_after_startup_is_a_clean_shutdown() {
 #[tokio::test]
 async fn cors_preflights_are_answered_without_touching_the_version_table() {
     let origin = "http://app.example";
-    let (_proxy, addr) = start_proxy(&["--cors-origin", origin, "--stats-path", "/_stats"]).await;
+    let (_proxy, addr, ops) = start_proxy_with_ops(&["--cors-origin", origin]).await;
     let client = HttpClient::new(addr);
     let preflight = client
         .send(
@@ -356,12 +329,18 @@ async fn cors_preflights_are_answered_without_touching_the_version_table() {
     ] {
         assert!(allowed.contains(name), "{name} not allowed: {allowed}");
     }
-    let stats = client.send(Method::GET, "/_stats", &[], "").await;
-    assert!(
-        stats.text().contains("\"reads\":0,") && stats.text().contains("\"tracked_resources\":0"),
-        "{}",
-        stats.text()
-    );
+    // Nothing read, nothing tracked.
+    #[cfg(feature = "metrics")]
+    {
+        let scraped = support::proxy::scrape(ops).await;
+        let reads = [("class", "default"), ("outcome", "forwarded_read")];
+        let tracked = "tower_conditional_tracked_resources";
+        let counted = support::proxy::sample(&scraped, "tower_conditional_requests_total", &reads);
+        assert_eq!(counted, 0.0);
+        assert_eq!(support::proxy::sample(&scraped, tracked, &[]), 0.0);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = ops;
 
     let read = client
         .send(Method::GET, "/api/storage", &[("origin", origin)], "")
@@ -437,15 +416,4 @@ async fn an_invalid_cors_origin_is_a_cli_error_not_a_panic() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-}
-
-#[tokio::test]
-async fn the_stats_path_answers_reads_only() {
-    let (_proxy, addr) = start_proxy(&["--stats-path", "/_stats"]).await;
-    let client = HttpClient::new(addr);
-    let put = client.send(Method::PUT, "/_stats", &[], "x").await;
-    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(put.header(http::header::ALLOW), Some("GET, HEAD"));
-    let get = client.send(Method::GET, "/_stats", &[], "").await;
-    assert!(get.text().contains("\"writes\":0"), "{}", get.text());
 }

@@ -11,7 +11,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -35,7 +35,7 @@ use tokio::{
 };
 use tower::Service;
 
-use crate::stats::Stats;
+use crate::observe::Upstreamed;
 
 pub type RequestBody = BoxBody<Bytes, crate::limits::BodyError>;
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -66,11 +66,12 @@ pub struct Upstream {
 pub struct Forward {
     client: Client<BoundedConnector, RequestBody>,
     upstream: Arc<Upstream>,
-    stats: Arc<Stats>,
+    /// Counts the forwarded requests the upstream did not answer.
+    errors: metrics::Counter,
 }
 
 impl Forward {
-    pub fn new(upstream: Upstream, stats: Arc<Stats>) -> Result<Self, String> {
+    pub fn new(upstream: Upstream, errors: metrics::Counter) -> Result<Self, String> {
         if upstream.uri.scheme_str() != Some("http") || upstream.uri.authority().is_none() {
             return Err(format!(
                 "--upstream must be an http://host:port URL, not {}",
@@ -93,7 +94,7 @@ impl Forward {
         Ok(Self {
             client,
             upstream: Arc::new(upstream),
-            stats,
+            errors,
         })
     }
 
@@ -335,7 +336,8 @@ impl Service<Request<RequestBody>> for Forward {
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         self.prepare(&mut req);
         let response = self.client.request(req);
-        let (timeout, stats) = (self.upstream.response_timeout, self.stats.clone());
+        let (timeout, errors) = (self.upstream.response_timeout, self.errors.clone());
+        let started = Instant::now();
         Box::pin(async move {
             let res = match tokio::time::timeout(timeout, response).await {
                 Ok(Ok(res)) => {
@@ -343,6 +345,7 @@ impl Service<Request<RequestBody>> for Forward {
                     let version = res.version();
                     strip_hop_by_hop(res.headers_mut());
                     append(res.headers_mut(), header::VIA, via(version));
+                    res.extensions_mut().insert(Upstreamed(started.elapsed()));
                     return Ok(res);
                 }
                 Ok(Err(err)) if is_busy(&err) => {
@@ -361,8 +364,10 @@ impl Service<Request<RequestBody>> for Forward {
                     text(StatusCode::GATEWAY_TIMEOUT, GATEWAY_TIMEOUT)
                 }
             };
-            stats.upstream_error();
-            Ok(res.map(Either::Right))
+            errors.increment(1);
+            let mut res = res.map(Either::Right);
+            res.extensions_mut().insert(Upstreamed(started.elapsed()));
+            Ok(res)
         })
     }
 }

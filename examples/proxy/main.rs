@@ -14,24 +14,30 @@
 //! Everything a client can make it hold is bounded: connections, how long they may idle or take
 //! to send a head or a body, bytes of write bodies being buffered, and connections to the
 //! upstream. On SIGINT or SIGTERM the proxy stops accepting, lets in-flight requests finish (at
-//! most `--shutdown-timeout`), prints its counters and exits 0. Logs go through `tracing`, with the
-//! level from `RUST_LOG` (default `info`; `debug` logs one line per request).
+//! most `--shutdown-timeout`) and exits 0. Logs go through `tracing` to stderr, as text or JSON
+//! lines, with the level from `RUST_LOG` (default `info`); `--log-requests` logs one line per
+//! request at `info`. With `--metrics-listen`, Prometheus metrics, `/livez` and `/readyz` are
+//! served on a listener of their own. Every flag can also be set from the environment
+//! (`TOWER_CONDITIONAL_` and the flag's name, e.g. `TOWER_CONDITIONAL_UPSTREAM`); a flag given
+//! on the command line wins.
 
 mod conn;
 mod demo_backend;
 mod demo_page;
 mod forward;
 mod limits;
-mod stats;
+mod observe;
+mod ops;
 mod target;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 use tower_conditional::{
@@ -44,7 +50,8 @@ use crate::{
     conn::Limits,
     forward::{Forward, RequestBody, Upstream},
     limits::{BodyBudget, Budgeted, TimedBody},
-    stats::{ObserveLayer, Stats},
+    observe::ObserveLayer,
+    ops::Counters,
     target::{Fold, ResourceKey},
 };
 
@@ -53,116 +60,158 @@ use crate::{
 #[command(name = "proxy")]
 struct Cli {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     listen: SocketAddr,
     /// Backend to forward to, e.g. http://127.0.0.1:3000. Without it, an embedded in-memory
     /// demo backend is started on a free loopback port.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_UPSTREAM")]
     upstream: Option<Uri>,
     /// Answer writes that carry no precondition (If-Match, If-None-Match, If-Unmodified-Since)
     /// with 428 Precondition Required instead of forwarding them.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_REQUIRE_PRECONDITION")]
     require_precondition: bool,
     /// Send the upstream's host:port as Host instead of the client's.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_REWRITE_HOST")]
     rewrite_host: bool,
     /// Track at most this many resources; the least recently used are forgotten conservatively.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_MAX_RESOURCES",
+        default_value_t = 1_000_000
+    )]
     max_resources: usize,
     /// Largest write body, in bytes, read before the resource is locked (larger: 413).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "TOWER_CONDITIONAL_MAX_BODY", default_value_t = 8 * 1024 * 1024)]
     max_body: usize,
     /// Seconds to connect to the upstream (then 502).
-    #[arg(long, default_value = "2", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_CONNECT_TIMEOUT", default_value = "2", value_parser = seconds)]
     connect_timeout: Duration,
     /// Seconds for the upstream to send a response head (then 504).
-    #[arg(long, default_value = "30", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_UPSTREAM_TIMEOUT", default_value = "30", value_parser = seconds)]
     upstream_timeout: Duration,
     /// Seconds for a whole request, from its head arriving to its response head (then 504).
-    #[arg(long, default_value = "60", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_REQUEST_TIMEOUT", default_value = "60", value_parser = seconds)]
     request_timeout: Duration,
     /// Seconds a write waits for another write to the same resource (then 503).
-    #[arg(long, default_value = "10", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_LOCK_TIMEOUT", default_value = "10", value_parser = seconds)]
     lock_timeout: Duration,
     /// Seconds a resource stays locked after a write to it timed out upstream.
-    #[arg(long, default_value = "5", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_TIMEOUT_GRACE", default_value = "5", value_parser = seconds)]
     timeout_grace: Duration,
     /// Other programs write to the backend too: answer 304 from the version table only while
     /// the backend confirmed the version within this many seconds, then ask it (with its own
     /// ETag or Last-Modified). Every forwarded read is fingerprinted. Off by default.
-    #[arg(long, value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_REVALIDATE_AFTER", value_parser = seconds)]
     revalidate_after: Option<Duration>,
     /// Other programs write to the backend too: before deciding a write, ask the backend (under
     /// the resource's lock) what it holds now; a bypassing write makes stale writers get 412.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_VERIFY_WRITES")]
     verify_writes: bool,
     /// The backend issues strong ETags and checks If-Match: forward each write with the
     /// backend's own tag, so it refuses one that lost a race with a bypassing writer.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_FORWARD_VALIDATORS")]
     forward_validators: bool,
     /// How the backend folds two spellings of a path into one resource, comma-separated: case,
     /// slashes (`//` is `/`), trailing-slash, decoded-slash (`%2F` is `/`). Fold what the
     /// backend folds: folding more only costs spurious 412s, folding less loses updates.
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_KEY_FOLD",
+        value_enum,
+        value_delimiter = ','
+    )]
     key_fold: Vec<Fold>,
     /// Include the query string in the resource key, for backends that name resources by it
     /// (e.g. /api/doc?id=7).
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_KEY_QUERY")]
     key_query: bool,
     /// Client connections open at once; more get 503 or are closed. Default 10,000, or fewer
     /// to stay under the open-file limit.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Seconds a client has to send a request head, also while an HTTP/1.1 connection waits
     /// for its next request (then the connection is closed).
-    #[arg(long, default_value = "30", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_HEADER_READ_TIMEOUT", default_value = "30", value_parser = seconds)]
     header_read_timeout: Duration,
     /// Seconds a connection may stay without a request in progress (then it is closed).
-    #[arg(long, default_value = "75", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_IDLE_TIMEOUT", default_value = "75", value_parser = seconds)]
     idle_timeout: Duration,
     /// Seconds between HTTP/2 keep-alive pings; a peer that does not answer one within as
     /// long is disconnected.
-    #[arg(long, default_value = "20", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_H2_KEEP_ALIVE", default_value = "20", value_parser = seconds)]
     h2_keep_alive: Duration,
     /// Bytes of write bodies buffered at once, over all connections; a write that cannot get
     /// room for its body gets 503 before it is read.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "TOWER_CONDITIONAL_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
     max_buffered_bytes: usize,
     /// Seconds for a request body to arrive, from the request head (then 408); shorter than
     /// --request-timeout.
-    #[arg(long, default_value = "30", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_BODY_TIMEOUT", default_value = "30", value_parser = seconds)]
     body_timeout: Duration,
     /// Connections to the upstream, busy or idle. Default 512, or fewer to stay under the
     /// open-file limit.
-    #[arg(long)]
+    #[arg(long, env = "TOWER_CONDITIONAL_UPSTREAM_MAX_CONNECTIONS")]
     upstream_max_connections: Option<usize>,
     /// Idle connections kept open to the upstream.
-    #[arg(long, default_value_t = 64)]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_UPSTREAM_MAX_IDLE",
+        default_value_t = 64
+    )]
     upstream_max_idle: usize,
     /// Seconds a request waits for an upstream connection when all are busy (then 503).
-    #[arg(long, default_value = "1", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_UPSTREAM_QUEUE_TIMEOUT", default_value = "1", value_parser = seconds)]
     upstream_queue_timeout: Duration,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long, default_value = "10", value_parser = seconds)]
+    #[arg(long, env = "TOWER_CONDITIONAL_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = seconds)]
     shutdown_timeout: Duration,
     /// Allow browser pages from this origin (e.g. http://localhost:5173) to call the proxy:
     /// CORS with the conditional headers allowed and ETag/Last-Modified exposed. Repeatable.
-    #[arg(long, value_parser = origin)]
+    #[arg(long, env = "TOWER_CONDITIONAL_CORS_ORIGIN", value_parser = origin, value_delimiter = ',')]
     cors_origin: Vec<HeaderValue>,
-    /// Answer GET on this path with the proxy's counters as JSON (e.g. /_stats). Off by default.
-    #[arg(long)]
-    stats_path: Option<String>,
+    /// Serve Prometheus metrics (/metrics), liveness (/livez) and readiness (/readyz: the
+    /// upstream accepts connections and Redis answers) on this address, apart from the proxied
+    /// namespace. Off by default.
+    #[arg(long, env = "TOWER_CONDITIONAL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log lines as text or JSON (one object a line), to stderr.
+    #[arg(long, env = "TOWER_CONDITIONAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log one line per request at info (method, path, status, what the layer did, the version
+    /// served, the upstream's time); at debug otherwise.
+    #[arg(long, env = "TOWER_CONDITIONAL_LOG_REQUESTS")]
+    log_requests: bool,
     /// Keep versions and write locks in this Redis (e.g. redis://127.0.0.1:6379/), shared by
     /// every proxy using it, instead of in this process; or in the primary a Sentinel names,
     /// followed through failovers: redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME.
     #[cfg(feature = "redis")]
-    #[arg(long, conflicts_with = "redis_cluster")]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_REDIS",
+        conflicts_with = "redis_cluster"
+    )]
     redis: Option<String>,
     /// Keep versions and write locks in this Redis Cluster instead (a node's URL, e.g.
-    /// redis://127.0.0.1:7000/; repeat it for more seed nodes).
+    /// redis://127.0.0.1:7000/; repeat it, or separate URLs with commas, for more seed nodes).
     #[cfg(feature = "redis")]
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        env = "TOWER_CONDITIONAL_REDIS_CLUSTER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
     redis_cluster: Vec<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn seconds(arg: &str) -> Result<Duration, String> {
@@ -230,13 +279,22 @@ type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    // Before the layer makes its service, which registers its metrics with the recorder then.
+    let metrics = match cli.metrics_listen {
+        Some(_) => Some(ops::install()?),
+        None => None,
+    };
+    let counters = Counters::register();
     let upstream = match cli.upstream.clone() {
         Some(upstream) => upstream,
         None => {
@@ -245,7 +303,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             format!("http://{addr}").parse()?
         }
     };
-    let stats = Arc::new(Stats::default());
     let (max_connections, upstream_max_connections) = connection_bounds(&cli);
     let layer = ConditionalLayer::new()
         .key_fn(ResourceKey::new(&cli.key_fold, cli.key_query))
@@ -262,6 +319,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Some(window) => layer.revalidate_after(window),
         None => layer,
     };
+    let upstream_ready = ops::upstream_check(&upstream, cli.connect_timeout);
     let forward = Forward::new(
         Upstream {
             uri: upstream,
@@ -272,7 +330,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             max_idle: cli.upstream_max_idle,
             queue_timeout: cli.upstream_queue_timeout,
         },
-        stats.clone(),
+        counters.upstream_errors.clone(),
     )?;
     #[cfg(feature = "redis")]
     if cli.redis.is_some() || !cli.redis_cluster.is_empty() {
@@ -282,28 +340,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             Some(url) => RedisStore::open(url)?,
             None => RedisStore::cluster(&cli.redis_cluster)?,
         };
-        let layer = layer.store(store);
-        let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
-        return serve(&cli, max_connections, layer, proxy, stats).await;
+        let checks = vec![
+            upstream_ready,
+            ops::redis_check(store.clone(), cli.connect_timeout),
+        ];
+        let proxy = proxy(&cli, layer.store(store), forward, counters);
+        return serve(&cli, max_connections, proxy, metrics, checks).await;
     }
-    let proxy = proxy(&cli, layer.clone(), forward, stats.clone());
-    serve(&cli, max_connections, layer, proxy, stats).await
+    let proxy = proxy(&cli, layer, forward, counters);
+    serve(&cli, max_connections, proxy, metrics, vec![upstream_ready]).await
 }
 
-/// Accepts connections until SIGINT or SIGTERM, drains them, then prints the counters.
-async fn serve<K, St>(
+/// Accepts connections until SIGINT or SIGTERM, then drains them; serves the operations
+/// endpoints meanwhile, with `--metrics-listen`.
+async fn serve(
     cli: &Cli,
     max_connections: usize,
-    tracked: ConditionalLayer<K, St>,
     proxy: Proxy,
-    stats: Arc<Stats>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    K: tower_conditional::ExtractKey,
-    St: VersionStore<K::Key>,
-{
+    metrics: Option<PrometheusHandle>,
+    checks: Vec<ops::Check>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Before the address is printed: from then on a signal means "drain and exit".
     let shutdown = shutdown_signal()?;
+    if let (Some(addr), Some(metrics)) = (cli.metrics_listen, metrics) {
+        let listener = TcpListener::bind(addr).await?;
+        println!("metrics on http://{}", listener.local_addr()?);
+        tokio::spawn(ops::serve(listener, metrics, checks));
+    }
     let listener = TcpListener::bind(cli.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let limits = Limits {
@@ -314,58 +377,45 @@ where
         shutdown_timeout: cli.shutdown_timeout,
     };
     conn::serve(listener, proxy, limits, shutdown).await;
-    println!(
-        "stats {}",
-        stats.json(tracked.tracked_resources()).trim_end()
-    );
     Ok(())
 }
 
-/// The whole stack: stats endpoint, target checks, body budget and timeout, counting and
-/// logging, whole-request timeout, the layer, and forwarding.
+/// The whole stack: target checks, body budget and timeout, whole-request timeout, logging,
+/// the layer, and forwarding.
 fn proxy<St>(
     cli: &Cli,
     layer: ConditionalLayer<ResourceKey, St>,
     forward: Forward,
-    stats: Arc<Stats>,
+    counters: Counters,
 ) -> Proxy
 where
     St: VersionStore<Box<str>>,
 {
     let (request_timeout, body_timeout) = (cli.request_timeout, cli.body_timeout);
     let budget = BodyBudget::new(cli.max_buffered_bytes, cli.max_body);
-    let stats_path = cli.stats_path.clone();
     // The demo page belongs with the demo backend, whose `/api/demo` it edits.
     let demo = cli.upstream.is_none();
-    let layer_handle = layer.clone();
-    let endpoint_stats = stats.clone();
     // Boxed with its request type named: the async block below then proves `Send` for one
     // concrete service instead of a generic stack.
     let conditional: BoxCloneSyncService<Request<RequestBody>, Response<Body>, Infallible> =
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_response(boxed)
-                .layer(ObserveLayer(stats))
+                .layer(ObserveLayer {
+                    at_info: cli.log_requests,
+                })
                 .layer(layer)
                 .service(forward),
         );
     let service = tower::service_fn(move |mut req: Request<Incoming>| {
         let conditional = conditional.clone();
-        let stats_path = stats_path.clone();
-        let (stats, layer) = (endpoint_stats.clone(), layer_handle.clone());
+        let counters = counters.clone();
         let budget = budget.clone();
         async move {
             // From here on the target is an origin-form, normalized path: what the key is
             // computed from is exactly what is forwarded.
             if let Err(refused) = target::admit(&mut req) {
                 return Ok(boxed(refused.into_response()));
-            }
-            if stats_path.as_deref() == Some(req.uri().path()) {
-                return Ok(boxed(stats_endpoint(
-                    &req,
-                    &stats,
-                    layer.tracked_resources(),
-                )));
             }
             if demo {
                 if let Some(page) = demo_page::serve(req.uri().path()) {
@@ -375,7 +425,7 @@ where
             let reserved = match budget.reserve(&req) {
                 Ok(reserved) => reserved,
                 Err(refused) => {
-                    stats.budget_refused();
+                    counters.budget_refused.increment(1);
                     return Ok(boxed(refused.into_response()));
                 }
             };
@@ -388,11 +438,11 @@ where
             // to their end in tasks of their own.
             let res = tokio::time::timeout(request_timeout, conditional.oneshot(req)).await;
             if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-                stats.slow_upload();
+                counters.slow_uploads.increment(1);
                 return Ok(boxed(limits::body_timed_out().into_response()));
             }
             if reserved.refused() {
-                stats.budget_refused();
+                counters.budget_refused.increment(1);
                 // The rest of the body is not read: the connection cannot be reused.
                 let refused = limits::budget_spent().with(header::CONNECTION, "close");
                 return Ok(boxed(refused.into_response()));
@@ -430,25 +480,6 @@ where
             .expose_headers([header::ETAG, header::LAST_MODIFIED, header::DATE])
     });
     BoxCloneSyncService::new(ServiceBuilder::new().option_layer(cors).service(service))
-}
-
-/// The counters as JSON, for `GET` and `HEAD` only.
-fn stats_endpoint<B>(req: &Request<B>, stats: &Stats, tracked: usize) -> Response<Full<Bytes>> {
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut res = forward::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "405 Method Not Allowed: the counters are read with GET.\n",
-        );
-        res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return res;
-    }
-    let mut res = Response::new(Full::new(Bytes::from(stats.json(tracked))));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
 }
 
 /// Any of the proxy's response bodies, as one type (CORS needs one with a `Default`).

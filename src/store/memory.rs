@@ -35,6 +35,7 @@ use super::{Fingerprint, Observed, Rekey, Snapshot, StoreError, VersionStore};
 use crate::{
     answer,
     clock::{unix_secs, Clock, SystemClock},
+    metrics,
     version::{Existence, Version},
 };
 
@@ -60,6 +61,8 @@ pub struct MemoryStore<K> {
     /// Drawn at random when the table starts; part of every ETag it issues.
     instance: u64,
     clock: Arc<dyn Clock>,
+    /// The process's tracked-resources gauge (with the `metrics` feature).
+    tracked: metrics::Tracked,
 }
 
 /// One resource, in 24 bytes: the table holds many of them.
@@ -342,7 +345,7 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
     /// ```
     #[must_use]
     pub fn max_resources(self, n: usize) -> Self {
-        Self::with(self.clock, n.max(1))
+        Self::with(self.clock.clone(), n.max(1))
     }
 
     /// A table holding at most `max_entries` resources (`usize::MAX`: unbounded).
@@ -358,6 +361,7 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
             counter_floor: AtomicU64::new(0),
             instance: random_instance(),
             clock,
+            tracked: metrics::Tracked::new(),
         }
     }
 
@@ -556,6 +560,9 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
                 (result, true)
             }
         };
+        if inserted {
+            self.tracked.added();
+        }
         if inserted && self.len.fetch_add(1, Ordering::Relaxed) + 1 > self.max_entries {
             self.evict();
         }
@@ -616,8 +623,16 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
                 !forget
             });
             self.len.fetch_sub(removed, Ordering::Relaxed);
+            self.tracked.evicted(removed);
         }
         self.evicting.store(false, Ordering::Release);
+    }
+}
+
+impl<K> Drop for MemoryStore<K> {
+    fn drop(&mut self) {
+        // Its entries go with it: the process-wide gauge stops counting them.
+        self.tracked.dropped(self.len.load(Ordering::Relaxed));
     }
 }
 

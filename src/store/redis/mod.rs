@@ -45,7 +45,7 @@ use redis::{Script, ScriptInvocation};
 
 use self::connection::Connection;
 use super::{Existence, Fingerprint, Observed, Rekey, Snapshot, StoreError, Version, VersionStore};
-use crate::clock::unix_secs;
+use crate::{clock::unix_secs, metrics};
 
 /// A [`VersionStore`] in Redis, shared by every proxy that uses the same Redis and prefix.
 ///
@@ -107,9 +107,9 @@ impl std::fmt::Debug for RedisLock {
 /// existence.
 type Row = (String, u64, u64, u8, String);
 
-/// A version with its fingerprint and when it was confirmed, as `CURRENT`, `PEEK` and `LOCK`
-/// return it.
-type SnapshotRow = (String, u64, u64, u8, String, String, u64);
+/// A version with its fingerprint and when it was confirmed, and whether the record was just
+/// made anew, as `CURRENT`, `PEEK` and `LOCK` return it.
+type SnapshotRow = (String, u64, u64, u8, String, String, u64, u8);
 
 impl RedisStore {
     /// A store on the Redis at `url`: `redis://127.0.0.1:6379/` (also `rediss://`, `unix://`),
@@ -206,7 +206,12 @@ impl RedisStore {
         for arg in args {
             call.arg(*arg);
         }
-        self.connection.invoke(&call).await.map_err(StoreError::new)
+        self.connection.invoke(&call).await.map_err(|err| {
+            if err.code() != Some("LEASE") {
+                metrics::redis_error(); // a refusal to a writer that lost its lease is not one
+            }
+            StoreError::new(err)
+        })
     }
 
     /// A snapshot from `CURRENT` or `PEEK`.
@@ -296,8 +301,11 @@ fn existence_code(exists: Existence) -> &'static str {
 }
 
 fn snapshot(
-    (instance, counter, modified, ambiguous, exists, fingerprint, confirmed): SnapshotRow,
+    (instance, counter, modified, ambiguous, exists, fingerprint, confirmed, made): SnapshotRow,
 ) -> Result<Snapshot, StoreError> {
+    if made == 1 {
+        metrics::record_reset();
+    }
     let version = version((instance, counter, modified, ambiguous, exists))?;
     Ok(Snapshot::new(version).with_fingerprint(Fingerprint::decode(&fingerprint), confirmed))
 }

@@ -55,7 +55,8 @@ local now_ms = now * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local function read()
   local r = redis.call('HMGET', KEYS[1], 'h', 'i', 'c', 'm', 'a', 'x', 'u', 'f', 't', 'l', 'e',
     'b', 'bc')
-  local v = {l = r[10], e = tonumber(r[11] or '0'), b = r[12], bc = tonumber(r[13] or '-1')}
+  local v = {l = r[10], e = tonumber(r[11] or '0'), b = r[12], bc = tonumber(r[13] or '-1'),
+    new = 0}
   if r[1] == history then
     v.i, v.c, v.m, v.a, v.x = r[2], tonumber(r[3]), tonumber(r[4]), tonumber(r[5]), r[6]
     v.u, v.f, v.t = tonumber(r[7]), r[8] or '', tonumber(r[9] or '0')
@@ -63,7 +64,7 @@ local function read()
   end
   v.i = string.sub(redis.sha1hex(history .. ':' .. clock[1] .. '.' .. clock[2]), 1, 16)
   v.c, v.m, v.a, v.x = tonumber(r[3] or '-1') + 1, math.max(now, tonumber(r[4] or '0')), 1, 'u'
-  v.u, v.f, v.t = now + 1, '', 0
+  v.u, v.f, v.t, v.new = now + 1, '', 0, 1
   redis.call('HSET', KEYS[1], 'h', history, 'i', v.i, 'c', v.c, 'm', v.m, 'a', 1, 'x', 'u',
     'u', v.u)
   redis.call('HDEL', KEYS[1], 'f', 't')
@@ -94,20 +95,21 @@ end
 "#;
 
 /// The current version, re-dated if ambiguous and Redis time has moved past it and the fence.
+/// `CURRENT`, `PEEK` and `LOCK` end the version with 1 if the record was just made anew.
 pub(super) const CURRENT: &str = r#"
 local v = read()
 if v.a == 1 and now > v.m and now > v.u then
   v.m, v.a = now, 0
   redis.call('HSET', KEYS[1], 'm', now, 'a', 0)
 end
-return {v.i, v.c, v.m, v.a, v.x, v.f, v.t}
+return {v.i, v.c, v.m, v.a, v.x, v.f, v.t, v.new}
 "#;
 
 /// ARGV[1] = the lease holder's token. The current version, as it is (never re-dated).
 pub(super) const PEEK: &str = r#"
 local v = read()
 held(v)
-return {v.i, v.c, v.m, v.a, v.x, v.f, v.t}
+return {v.i, v.c, v.m, v.a, v.x, v.f, v.t, v.new}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = lease in ms. Takes the lease if it is free, expired, or already
@@ -117,13 +119,13 @@ return {v.i, v.c, v.m, v.a, v.x, v.f, v.t}
 pub(super) const LOCK: &str = r#"
 local v = read()
 if v.l and v.l ~= ARGV[1] then
-  if v.e > now_ms then return {0, {'', 0, 0, 0, '', '', 0}} end
+  if v.e > now_ms then return {0, {'', 0, 0, 0, '', '', 0, v.new}} end
   bump(v); v.x, v.f, v.t = 'u', '', 0
   redis.call('HSET', KEYS[1], 'c', v.c, 'm', v.m, 'a', v.a, 'x', v.x)
   redis.call('HDEL', KEYS[1], 'f', 't')
 end
 redis.call('HSET', KEYS[1], 'l', ARGV[1], 'e', now_ms + tonumber(ARGV[2]))
-return {1, {v.i, v.c, v.m, v.a, v.x, v.f, v.t}}
+return {1, {v.i, v.c, v.m, v.a, v.x, v.f, v.t, v.new}}
 "#;
 
 /// ARGV[1] = token, ARGV[2] = existence after the write, ARGV[3] = what the backend serves
