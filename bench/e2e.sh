@@ -6,7 +6,7 @@
 #
 # Starts an upstream (nginx, one worker, a small static JSON file per resource and `return 200`
 # for writes), nginx as a plain reverse proxy with upstream keepalive, and the proxy example
-# (release, fat LTO, one tokio worker) in front of the same upstream. The load generator (wrk) is
+# (`--release`, as the README runs it: fat LTO, one tokio worker) in front of the same upstream. The load generator (wrk) is
 # pinned to core 0, every server to core 1, the same for every target. Each round runs every case
 # against every target in turn; the script prints requests/s and p50/p99 latency per run, then
 # medians, spread (min-max) and the ratios ours/nginx and ours/direct. Everything it starts stops
@@ -27,8 +27,8 @@ SERVER_CPU=${SERVER_CPU:-1}
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null
 fi
-cargo build --quiet --profile bench-e2e --example proxy
-PROXY=target/bench-e2e/examples/proxy
+cargo build --quiet --release --example proxy
+PROXY=target/release/examples/proxy
 
 WORK=$(mktemp -d)
 PIDS=()
