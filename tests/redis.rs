@@ -4,13 +4,7 @@
 
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use http::{header, Method, StatusCode};
 use support::{proxy::start_proxy, redis_server::RedisServer, Backend, HttpClient, HOLD};
@@ -45,52 +39,22 @@ async fn increments_lose_nothing(instances: usize) {
     let upstream = support::serve(backend.service()).await;
     let proxies = proxies(&redis, upstream, instances, &[]).await;
 
-    let successes = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
         let client = proxies[i % instances].1.clone();
-        let successes = successes.clone();
         tasks.push(tokio::spawn(async move {
-            let read = client.send(Method::GET, DOC, &[], "").await;
-            let (mut value, mut held): (usize, String) = (read.text().parse().unwrap(), read.tag());
-            let mut done = 0;
-            for _ in 0..10_000 {
-                if done == INCREMENTS {
-                    return;
-                }
-                let save = client
-                    .send(
-                        Method::PUT,
-                        DOC,
-                        &[("if-match", &held)],
-                        &(value + 1).to_string(),
-                    )
-                    .await;
-                match save.status {
-                    StatusCode::OK => {
-                        successes.fetch_add(1, Ordering::SeqCst);
-                        done += 1;
-                        value += 1;
-                        held = save.tag();
-                    }
-                    StatusCode::PRECONDITION_FAILED => {
-                        let read = client.send(Method::GET, DOC, &[], "").await;
-                        (value, held) = (read.text().parse().unwrap(), read.tag());
-                    }
-                    other => panic!("unexpected {other}: {}", save.text()),
-                }
-            }
-            panic!("a client made no progress");
+            client.increment(DOC, INCREMENTS).await
         }));
     }
+    let mut successes = 0;
     for task in tasks {
-        task.await.unwrap();
+        successes += task.await.unwrap();
     }
     let final_value: usize = std::str::from_utf8(&backend.doc(DOC).unwrap())
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(successes.load(Ordering::SeqCst), CLIENTS * INCREMENTS);
+    assert_eq!(successes, CLIENTS * INCREMENTS);
     assert_eq!(final_value, CLIENTS * INCREMENTS, "an update was lost");
 }
 

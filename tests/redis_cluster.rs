@@ -5,15 +5,7 @@
 
 mod support;
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use http::{header, Method, StatusCode};
 use support::{proxy::start_proxy, redis_cluster::Cluster, Backend, HttpClient, Reply};
@@ -123,50 +115,20 @@ async fn three_proxies_on_a_three_master_cluster_lose_no_update() {
     let upstream = support::serve(backend.service()).await;
     let proxies = proxies(&cluster.urls(), upstream, INSTANCES, &[]).await;
 
-    let successes = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
         // Each document through every proxy: client i on document i % 3, through proxy i / 3.
         let client = proxies[(i / paths.len()) % INSTANCES].1.clone();
         let path = paths[i % paths.len()].clone();
-        let successes = successes.clone();
         tasks.push(tokio::spawn(async move {
-            let read = client.send(Method::GET, &path, &[], "").await;
-            let (mut value, mut held): (usize, String) = (read.text().parse().unwrap(), read.tag());
-            let mut done = 0;
-            for _ in 0..10_000 {
-                if done == INCREMENTS {
-                    return;
-                }
-                let save = client
-                    .send(
-                        Method::PUT,
-                        &path,
-                        &[("if-match", &held)],
-                        &(value + 1).to_string(),
-                    )
-                    .await;
-                match save.status {
-                    StatusCode::OK => {
-                        successes.fetch_add(1, Ordering::SeqCst);
-                        done += 1;
-                        value += 1;
-                        held = save.tag();
-                    }
-                    StatusCode::PRECONDITION_FAILED => {
-                        let read = client.send(Method::GET, &path, &[], "").await;
-                        (value, held) = (read.text().parse().unwrap(), read.tag());
-                    }
-                    other => panic!("unexpected {other} on {path}: {}", save.text()),
-                }
-            }
-            panic!("a client made no progress on {path}");
+            client.increment(&path, INCREMENTS).await
         }));
     }
+    let mut successes = 0;
     for task in tasks {
-        task.await.unwrap();
+        successes += task.await.unwrap();
     }
-    assert_eq!(successes.load(Ordering::SeqCst), CLIENTS * INCREMENTS);
+    assert_eq!(successes, CLIENTS * INCREMENTS);
     for path in &paths {
         let value: usize = std::str::from_utf8(&backend.doc(path).unwrap())
             .unwrap()

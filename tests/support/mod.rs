@@ -460,6 +460,37 @@ impl HttpClient {
         Reply::from_response(res).await
     }
 
+    /// A client's read-modify-write loop on `path`, a number: reads it, then writes it plus one
+    /// with `If-Match`, re-reading after each `412`, until `increments` writes succeeded (at most
+    /// 10,000 tries); panics on any other answer. Returns the writes that succeeded.
+    pub async fn increment(&self, path: &str, increments: usize) -> usize {
+        let read = self.send(Method::GET, path, &[], "").await;
+        let (mut value, mut held): (usize, String) = (read.text().parse().unwrap(), read.tag());
+        let mut done = 0;
+        for _ in 0..10_000 {
+            if done == increments {
+                return done;
+            }
+            let next = (value + 1).to_string();
+            let save = self
+                .send(Method::PUT, path, &[("if-match", &held)], &next)
+                .await;
+            match save.status {
+                StatusCode::OK => {
+                    done += 1;
+                    value += 1;
+                    held = save.tag();
+                }
+                StatusCode::PRECONDITION_FAILED => {
+                    let read = self.send(Method::GET, path, &[], "").await;
+                    (value, held) = (read.text().parse().unwrap(), read.tag());
+                }
+                other => panic!("unexpected {other} on {path}: {}", save.text()),
+            }
+        }
+        panic!("a client made no progress on {path}");
+    }
+
     /// Sends until the answer is not a 503 (a shared store reconnecting or failing over, a lease
     /// expiring), at most 200 times, 50 ms apart.
     pub async fn send_through_503s(
