@@ -194,15 +194,17 @@ async fn a_write_in_flight_during_a_failover_gets_503() {
     assert_eq!(write.status, StatusCode::OK, "{}", write.text());
 }
 
-/// Sentinel: one primary, one replica, one Sentinel (quorum 1). The proxy finds the primary
-/// through Sentinel; the primary is killed; Sentinel promotes the replica and the proxy follows
-/// without a restart. Validators from before get `412`; nothing written is lost.
+/// Sentinel: one primary, one replica (its link through a relay the test stalls), one Sentinel
+/// (quorum 1). The proxy finds the primary through Sentinel; v2's bump reaches the primary only;
+/// the primary is killed; Sentinel promotes the replica and the proxy follows without a restart.
+/// Validators from before get `412`; nothing written is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_follows_a_sentinel_failover_and_loses_nothing() {
     const SERVICE: &str = "docs";
     let mut primary = RedisServer::start().await;
+    let link = Relay::start(primary.port).await;
     let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]).await;
     primary.wait_replicated(&replica).await;
     let sentinel = Sentinel::start(SERVICE, &primary).await;
     let backend = Backend::default();
@@ -217,11 +219,12 @@ async fn the_proxy_follows_a_sentinel_failover_and_loses_nothing() {
         StatusCode::OK
     );
     let v1 = client.send(Method::GET, DOC, &[], "").await;
+    primary.wait_replicated(&replica).await;
+    link.pause(); // v2 and its bump reach the primary only
     let v2 = client
         .send(Method::PUT, DOC, &[("if-match", &v1.tag())], "v2")
         .await;
     assert_eq!(v2.status, StatusCode::OK);
-    primary.wait_replicated(&replica).await;
 
     primary.stop().await;
     // Sentinel notices (300 ms), elects itself and promotes the replica.
