@@ -21,8 +21,8 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Answer {
     status: StatusCode,
-    /// Why, for metrics and logs.
-    said: Said,
+    /// The precondition whose failure a `412` tells (what it says is otherwise its status).
+    failed: Option<Failed>,
     body: &'static str,
     /// The version whose validators the answer carries.
     stamp: Option<Version>,
@@ -53,7 +53,7 @@ impl Answer {
     pub(crate) fn not_modified(snapshot: Snapshot, now: u64) -> Self {
         Self {
             status: StatusCode::NOT_MODIFIED,
-            said: Said::NotModified,
+            failed: None,
             body: "",
             stamp: Some(snapshot.version),
             cached: snapshot.cached,
@@ -66,7 +66,7 @@ impl Answer {
     pub(crate) fn precondition_failed(failed: Failed, version: Version, now: u64) -> Self {
         Self {
             status: StatusCode::PRECONDITION_FAILED,
-            said: Said::PreconditionFailed(failed),
+            failed: Some(failed),
             body: "412 Precondition Failed: the resource has changed since the version this \
 request was based on. Re-read it (GET) and retry with its new ETag or Last-Modified.\n",
             stamp: Some(version),
@@ -79,7 +79,6 @@ request was based on. Re-read it (GET) and retry with its new ETag or Last-Modif
     pub(crate) fn precondition_required(now: u64) -> Self {
         Self::plain(
             StatusCode::PRECONDITION_REQUIRED,
-            Said::PreconditionRequired,
             "428 Precondition Required: this server refuses blind overwrites. Read the \
 resource first and send its ETag in If-Match (or its Last-Modified in If-Unmodified-Since), or \
 If-None-Match: * to create it only if it does not exist.\n",
@@ -100,14 +99,13 @@ such as \"abc.1\" (quotes included).\n"
 entity-tags such as \"abc.1\" (quotes included).\n"
             }
         };
-        Self::plain(StatusCode::BAD_REQUEST, Said::BadRequest, body, now)
+        Self::plain(StatusCode::BAD_REQUEST, body, now)
     }
 
     /// `413 Content Too Large`: a write body over the layer's limit.
     pub(crate) fn body_too_large(now: u64) -> Self {
         Self::plain(
             StatusCode::PAYLOAD_TOO_LARGE,
-            Said::TooLarge,
             "413 Content Too Large: write bodies are read in full before the resource is \
 locked, and this one is over the limit.\n",
             now,
@@ -118,7 +116,6 @@ locked, and this one is over the limit.\n",
     pub(crate) fn body_unreadable(now: u64) -> Self {
         Self::plain(
             StatusCode::BAD_REQUEST,
-            Said::BadRequest,
             "400 Bad Request: the request body could not be read.\n",
             now,
         )
@@ -156,7 +153,6 @@ exists, and the backend's answer to HEAD (or GET) did not tell. Retry later.\n",
     pub(crate) fn write_timed_out(now: u64) -> Self {
         Self::plain(
             StatusCode::GATEWAY_TIMEOUT,
-            Said::ForwardFailed,
             "504 Gateway Timeout: the write took too long; its outcome is unknown. Re-read \
 the resource before retrying.\n",
             now,
@@ -167,7 +163,6 @@ the resource before retrying.\n",
     pub(crate) fn write_panicked(now: u64) -> Self {
         Self::plain(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Said::ForwardFailed,
             "500 Internal Server Error: the service failed (it panicked) while handling this \
 write; its outcome is unknown. Re-read the resource before retrying.\n",
             now,
@@ -212,15 +207,24 @@ cannot be checked. Retry shortly.\n",
     pub(crate) fn body_failed(now: u64) -> Self {
         Self::plain(
             StatusCode::BAD_GATEWAY,
-            Said::ForwardFailed,
             "502 Bad Gateway: the backend's response body failed before it could be sent.\n",
             now,
         )
     }
 
-    /// What it tells its client.
+    /// What it tells its client, in the terms of the layer's metrics.
     pub(crate) fn said(&self) -> Said {
-        self.said
+        if let Some(failed) = self.failed {
+            return Said::PreconditionFailed(failed); // every `412` says which
+        }
+        match self.status {
+            StatusCode::NOT_MODIFIED => Said::NotModified,
+            StatusCode::PRECONDITION_REQUIRED => Said::PreconditionRequired,
+            StatusCode::BAD_REQUEST => Said::BadRequest,
+            StatusCode::PAYLOAD_TOO_LARGE => Said::TooLarge,
+            StatusCode::SERVICE_UNAVAILABLE => Said::Unavailable,
+            _ => Said::ForwardFailed,
+        }
     }
 
     /// Whether this is a `304 Not Modified`.
@@ -229,18 +233,13 @@ cannot be checked. Retry shortly.\n",
     }
 
     fn unavailable(body: &'static str, now: u64) -> Self {
-        Self::plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Said::Unavailable,
-            body,
-            now,
-        )
+        Self::plain(StatusCode::SERVICE_UNAVAILABLE, body, now)
     }
 
-    fn plain(status: StatusCode, said: Said, body: &'static str, now: u64) -> Self {
+    fn plain(status: StatusCode, body: &'static str, now: u64) -> Self {
         Self {
             status,
-            said,
+            failed: None,
             body,
             stamp: None,
             cached: None,

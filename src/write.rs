@@ -448,19 +448,21 @@ async fn evaluate<Key, St: VersionStore<Key>>(
         Verdict::DependsOnExistence { .. } => return Ok(Step::Probe),
     };
     let now = store.now();
-    Ok(Step::Answer(match decision {
+    let failed = match decision {
         Decision::Forward => return Ok(Step::Forward(seen)),
-        Decision::PreconditionFailed(_) | Decision::NotModified => {
-            let failed = match decision {
-                Decision::PreconditionFailed(failed) => failed,
-                _ => Failed::IfNoneMatch, // a write's `304` is a `412` (RFC 9110 §13.1.2)
-            };
-            let current = metrics.store(StoreOp::Current, store.current(key, now));
-            Answer::precondition_failed(failed, current.await?.version, now)
+        Decision::PreconditionRequired => {
+            return Ok(Step::Answer(Answer::precondition_required(now)))
         }
-        Decision::PreconditionRequired => Answer::precondition_required(now),
-        Decision::BadRequest(field) => Answer::malformed(field, now),
-    }))
+        Decision::BadRequest(field) => return Ok(Step::Answer(Answer::malformed(field, now))),
+        Decision::PreconditionFailed(failed) => failed,
+        Decision::NotModified => Failed::IfNoneMatch, // a write's `304` is a `412` (§13.1.2)
+    };
+    let current = metrics.store(StoreOp::Current, store.current(key, now));
+    Ok(Step::Answer(Answer::precondition_failed(
+        failed,
+        current.await?.version,
+        now,
+    )))
 }
 
 /// Asks the inner service whether the resource exists: `HEAD`, or `GET` if `HEAD` is not

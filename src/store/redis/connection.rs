@@ -81,17 +81,18 @@ impl Connection {
         call: &ScriptInvocation<'_>,
     ) -> RedisResult<T> {
         match self {
+            // The manager reconnects by itself; only one that leads to a replica is replaced.
             Self::Direct(current, client) => {
                 let (generation, mut connection) = current.get_or(|| direct(client))?;
                 let answer = call.invoke_async(&mut connection).await;
-                current.forget_after(generation, &answer);
+                current.forget_after(generation, &answer, is_replica);
                 answer
             }
             Self::Sentinel(current, lookup) => {
                 let (generation, mut connection) =
                     current.get_or_look_up(lookup, sentinel_primary).await?;
                 let answer = call.invoke_async(&mut connection).await;
-                current.forget_after(generation, &answer);
+                current.forget_after(generation, &answer, lost_the_primary);
                 answer
             }
             // The cluster connection follows slot moves and failovers by itself.
@@ -151,7 +152,12 @@ fn lost_the_primary(err: &RedisError) -> bool {
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
-        || err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+        || is_replica(err)
+}
+
+/// Whether the server answered as a replica (`READONLY`): the primary has moved.
+fn is_replica(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
 /// The connection in use, with a generation, so that a call forgets only the connection it
@@ -237,10 +243,15 @@ impl<C: Clone> Current<C> {
         }
     }
 
-    /// After a call on the connection of `generation`: forgets it if the call found it dead or
-    /// no longer on the primary, so the next call connects anew.
-    fn forget_after<T>(&self, generation: u64, answer: &RedisResult<T>) {
-        if !answer.as_ref().err().is_some_and(lost_the_primary) {
+    /// After a call on the connection of `generation`: forgets it if the call's error says it
+    /// is `lost`, so the next call connects anew.
+    fn forget_after<T>(
+        &self,
+        generation: u64,
+        answer: &RedisResult<T>,
+        lost: fn(&RedisError) -> bool,
+    ) {
+        if !answer.as_ref().err().is_some_and(lost) {
             return;
         }
         let mut connection = self

@@ -122,8 +122,8 @@ impl RedisStore {
     }
 
     /// A store on a Redis Cluster, found from any of its `nodes` (e.g.
-    /// `["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"]`). Each resource lives in its own
-    /// slot; the cluster's failovers are followed. Connected lazily, as [`open`](Self::open).
+    /// `["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"]`). Each resource is one key,
+    /// spread over the slots like any other; the cluster's failovers are followed. Connected lazily, as [`open`](Self::open).
     ///
     /// ```no_run
     /// use tower_conditional::{store::RedisStore, ConditionalLayer};
@@ -246,7 +246,6 @@ impl RedisStore {
             match attempt {
                 Ok((instance, counter, modified, ambiguous, exists, held)) => {
                     if held == 0 {
-                        tracing::warn!(key, "a write outlived its lease (or Redis failed over)");
                         return Err(StoreError::new(
                             "the write's lease was lost before its bump: another writer may \
                              have overtaken it",
