@@ -59,6 +59,8 @@ pub struct Upstream {
     pub max_idle: usize,
     /// How long a request waits for a connection when all are busy (then 503).
     pub queue_timeout: Duration,
+    /// Put the upstream's time on each response ([`Upstreamed`]), for the request log.
+    pub timed: bool,
 }
 
 /// Forwards each request to the upstream over pooled keep-alive connections.
@@ -337,7 +339,7 @@ impl Service<Request<RequestBody>> for Forward {
         self.prepare(&mut req);
         let response = self.client.request(req);
         let (timeout, errors) = (self.upstream.response_timeout, self.errors.clone());
-        let started = Instant::now();
+        let started = self.upstream.timed.then(Instant::now);
         Box::pin(async move {
             let res = match tokio::time::timeout(timeout, response).await {
                 Ok(Ok(res)) => {
@@ -345,7 +347,9 @@ impl Service<Request<RequestBody>> for Forward {
                     let version = res.version();
                     strip_hop_by_hop(res.headers_mut());
                     append(res.headers_mut(), header::VIA, via(version));
-                    res.extensions_mut().insert(Upstreamed(started.elapsed()));
+                    if let Some(started) = started {
+                        res.extensions_mut().insert(Upstreamed(started.elapsed()));
+                    }
                     return Ok(res);
                 }
                 Ok(Err(err)) if is_busy(&err) => {
@@ -366,7 +370,9 @@ impl Service<Request<RequestBody>> for Forward {
             };
             errors.increment(1);
             let mut res = res.map(Either::Right);
-            res.extensions_mut().insert(Upstreamed(started.elapsed()));
+            if let Some(started) = started {
+                res.extensions_mut().insert(Upstreamed(started.elapsed()));
+            }
             Ok(res)
         })
     }

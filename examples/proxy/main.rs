@@ -192,6 +192,7 @@ struct Cli {
     #[arg(
         long,
         env = "TOWER_CONDITIONAL_REDIS",
+        hide_env_values = true, // a URL may carry a password: not in --help
         conflicts_with = "redis_cluster"
     )]
     redis: Option<String>,
@@ -201,6 +202,7 @@ struct Cli {
     #[arg(
         long,
         env = "TOWER_CONDITIONAL_REDIS_CLUSTER",
+        hide_env_values = true,
         value_name = "URL",
         value_delimiter = ','
     )]
@@ -212,6 +214,12 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Whether a line per request is logged: at info with `--log-requests`, else at debug when
+/// the log filter lets `proxy::observe` debug lines through.
+fn logs_requests(cli: &Cli) -> bool {
+    cli.log_requests || tracing::enabled!(target: "proxy::observe", tracing::Level::DEBUG)
 }
 
 fn seconds(arg: &str) -> Result<Duration, String> {
@@ -329,6 +337,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             max_connections: upstream_max_connections,
             max_idle: cli.upstream_max_idle,
             queue_timeout: cli.upstream_queue_timeout,
+            timed: logs_requests(&cli),
         },
         counters.upstream_errors.clone(),
     )?;
@@ -401,9 +410,10 @@ where
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_response(boxed)
-                .layer(ObserveLayer {
+                // Only when its lines go somewhere: it costs allocations and clock reads.
+                .option_layer(logs_requests(cli).then_some(ObserveLayer {
                     at_info: cli.log_requests,
-                })
+                }))
                 .layer(layer)
                 .service(forward),
         );

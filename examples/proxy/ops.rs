@@ -28,6 +28,8 @@ const BUCKETS: [f64; 16] = [
 ];
 /// Scrapers and probes connected at once; more are closed unread.
 const MAX_CONNECTIONS: usize = 16;
+/// How long one connection to it may live, busy or not (a scraper reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// How often histograms are drained into their buckets between scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
 
@@ -132,11 +134,13 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, checks: Vec
                 let endpoints = endpoints.clone();
                 async move { Ok::<_, Infallible>(endpoints.answer(req).await) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that never reads its answers (or trickles requests) would keep its slot
+            // for ever, and with all of them, the probes out: each connection lives this long.
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             drop(slot);
         });
     }
