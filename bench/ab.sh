@@ -51,13 +51,17 @@ for round in $(seq "$ROUNDS"); do
 done | tee "$WORK/r.tsv"
 python3 - "$WORK/r.tsv" <<'PY'
 import sys,statistics,collections
+def micros(latency):  # wrk prints 980.00us, 1.02ms, 1.10s
+    for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if latency.endswith(unit):
+            return float(latency[:-len(unit)]) * scale
 d=collections.defaultdict(list); p=collections.defaultdict(list)
 for l in open(sys.argv[1]):
-    c,n,r,p99=l.split('\t'); d[(c,n)].append(float(r)); p[(c,n)].append(p99.strip())
+    c,n,r,p99=l.split('\t'); d[(c,n)].append(float(r)); p[(c,n)].append(micros(p99.strip()))
 for c in ['get','get_304']:
     base=statistics.median(d[(c,'nginx')])
     for (cc,n),v in d.items():
         if cc!=c: continue
         m=statistics.median(v)
-        print(f"{c:8}{n:12}{m:10.0f}  {min(v):.0f}-{max(v):.0f}  vs nginx {m/base:.2f}  p99 {sorted(p[(c,n)])[len(v)//2]}")
+        print(f"{c:8}{n:12}{m:10.0f}  {min(v):.0f}-{max(v):.0f}  vs nginx {m/base:.2f}  p99 {statistics.median(p[(c,n)]):.0f} µs")
 PY

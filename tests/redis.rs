@@ -336,7 +336,6 @@ async fn an_observation_from_another_history_records_nothing() {
 /// over) must not go on under the lock: its next look at the version fails.
 #[tokio::test]
 async fn a_writer_whose_lease_is_gone_cannot_look_again() {
-    use std::time::Duration;
     use tower_conditional::store::{Existence, RedisStore, VersionStore};
 
     let redis = RedisServer::start().await;

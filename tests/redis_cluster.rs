@@ -37,35 +37,6 @@ async fn proxies(
     started
 }
 
-/// Sends until the answer is not a 503 (the cluster failing over, the client's slot map
-/// catching up), for at most 10 s.
-async fn send_through_503s(
-    client: &HttpClient,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut retried = 0;
-    loop {
-        let reply = client.send(method.clone(), path, headers, body).await;
-        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
-            if retried > 0 {
-                eprintln!("{method} {path}: {} after {retried} × 503", reply.status);
-            }
-            return reply;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{method} {path}: still 503 after 10 s: {}",
-            reply.text()
-        );
-        retried += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A read that the store vouched for (with an ETag), retried while it is not (the store
 /// unreachable: the proxy forwards reads without a version), for at most 10 s.
 async fn read_vouched(client: &HttpClient, path: &str) -> Reply {
@@ -174,7 +145,7 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
     let first = proxies(&seeds, upstream, 1, &LOCK_TIMEOUT).await;
     let client = &first[0].1;
 
-    let written = send_through_503s(client, Method::PUT, DOC, &[], "v1").await;
+    let written = client.send_through_503s(Method::PUT, DOC, &[], "v1").await;
     assert_eq!(written.status, StatusCode::OK, "{}", written.text());
     // T1 and D1, once D1 is unambiguous (dates written in a record's first two seconds are
     // not): a conditional read with it gets 304.
@@ -237,21 +208,18 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
 
     // The promoted replica has every byte of the record, but another history: the validators
     // issued before validate nothing.
-    let stale = send_through_503s(client, Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    let stale = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+        .await;
     assert_eq!(
         stale.status,
         StatusCode::PRECONDITION_FAILED,
         "stale If-Match: {}",
         stale.text()
     );
-    let stale = send_through_503s(
-        client,
-        Method::PUT,
-        DOC,
-        &[("if-unmodified-since", &d1)],
-        "stale",
-    )
-    .await;
+    let stale = client
+        .send_through_503s(Method::PUT, DOC, &[("if-unmodified-since", &d1)], "stale")
+        .await;
     assert_eq!(
         stale.status,
         StatusCode::PRECONDITION_FAILED,
@@ -264,14 +232,9 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
     let reread = read_vouched(client, DOC).await;
     assert_eq!(reread.text(), "v1");
     assert_ne!(reread.tag(), t1, "a tag of the old history");
-    let next = send_through_503s(
-        client,
-        Method::PUT,
-        DOC,
-        &[("if-match", &reread.tag())],
-        "v2",
-    )
-    .await;
+    let next = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &reread.tag())], "v2")
+        .await;
     assert_eq!(next.status, StatusCode::OK, "{}", next.text());
     assert_eq!(backend.doc(DOC).unwrap(), "v2");
     eprintln!("written again {:?} after the kill", failover.elapsed());
@@ -283,7 +246,9 @@ async fn a_master_failover_in_the_cluster_fails_stale_validators() {
     let late = proxies(&dead_first, upstream, 1, &LOCK_TIMEOUT).await;
     let late = &late[0].1;
     assert_eq!(read_vouched(late, DOC).await.tag(), next.tag());
-    let stale = send_through_503s(late, Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    let stale = late
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+        .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(backend.doc(DOC).unwrap(), "v2");
 }
@@ -300,7 +265,8 @@ async fn a_write_in_flight_across_a_master_failover_is_recorded_on_the_promoted_
     let upstream = support::serve(backend.service()).await;
     let first = proxies(&cluster.urls(), upstream, 1, &["--lock-timeout", "1"]).await;
     let client = first[0].1.clone();
-    let t1 = send_through_503s(&client, Method::PUT, DOC, &[], "v1")
+    let t1 = client
+        .send_through_503s(Method::PUT, DOC, &[], "v1")
         .await
         .tag();
     let slot = cluster.keyslot(&record(DOC)).await;
@@ -326,17 +292,14 @@ async fn a_write_in_flight_across_a_master_failover_is_recorded_on_the_promoted_
     let written = in_flight.await.unwrap();
     assert_eq!(written.status, StatusCode::OK, "{}", written.text());
     assert_eq!(backend.doc(DOC).unwrap(), "in flight");
-    let stale = send_through_503s(&client, Method::PUT, DOC, &[("if-match", &t1)], "stale").await;
+    let stale = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &t1)], "stale")
+        .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(read_vouched(&client, DOC).await.tag(), written.tag());
-    let next = send_through_503s(
-        &client,
-        Method::PUT,
-        DOC,
-        &[("if-match", &written.tag())],
-        "next",
-    )
-    .await;
+    let next = client
+        .send_through_503s(Method::PUT, DOC, &[("if-match", &written.tag())], "next")
+        .await;
     assert_eq!(next.status, StatusCode::OK, "{}", next.text());
     assert_eq!(backend.doc(DOC).unwrap(), "next");
 }

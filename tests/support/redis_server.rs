@@ -28,9 +28,10 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     args: Vec<String>,
-    /// Its working directory (for `nodes.conf`, a sentinel's config), removed when dropped.
-    dir: tempfile::TempDir,
+    /// Declared before `dir`: killed before its directory is removed.
     child: Option<Child>,
+    /// Its working directory (for `nodes.conf`), removed when dropped.
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -87,16 +88,7 @@ impl RedisServer {
 
     /// Runs one command on this server.
     pub async fn query<T: redis::FromRedisValue>(&self, command: &[&str]) -> T {
-        let mut connection = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let mut cmd = redis::cmd(command[0]);
-        for arg in &command[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query_async(&mut connection).await.unwrap()
+        query(self.port, command).await
     }
 
     /// A field of `INFO section`, e.g. `info("replication", "master_repl_offset")`.
@@ -127,8 +119,9 @@ impl RedisServer {
 /// A redis-sentinel watching one primary as `service`, with a short down-after time.
 pub struct Sentinel {
     pub port: u16,
-    _dir: tempfile::TempDir,
+    /// Declared before `_dir`: killed before its directory is removed.
     _child: Child,
+    _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
@@ -169,18 +162,22 @@ impl Sentinel {
 
     /// The port of the primary Sentinel names now.
     pub async fn primary_port(&self, service: &str) -> u16 {
-        let mut connection = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let (_host, port): (String, u16) = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(service)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
+        let (_host, port): (String, u16) = self
+            .query(&["SENTINEL", "get-master-addr-by-name", service])
+            .await;
         port
+    }
+
+    /// Whether Sentinel lists the replica on `port` for `service`.
+    pub async fn knows_replica(&self, service: &str, port: u16) -> bool {
+        let replicas: Vec<std::collections::HashMap<String, String>> =
+            self.query(&["SENTINEL", "REPLICAS", service]).await;
+        let port = port.to_string();
+        replicas.iter().any(|r| r.get("port") == Some(&port))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &[&str]) -> T {
+        query(self.port, command).await
     }
 }
 
@@ -267,4 +264,18 @@ async fn pipe(
             return;
         }
     }
+}
+
+/// Runs one command on the server (or Sentinel) on `port`.
+async fn query<T: redis::FromRedisValue>(port: u16, command: &[&str]) -> T {
+    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut connection).await.unwrap()
 }
