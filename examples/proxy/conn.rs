@@ -189,10 +189,11 @@ struct Connection {
 impl Connection {
     async fn run(mut self, stream: TcpStream, peer: std::net::SocketAddr) {
         let activity = Arc::new(Activity::new());
+        let client = ClientAddr::new(peer);
         let service = {
             let (proxy, activity) = (self.proxy.clone(), activity.clone());
             tower::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(client.clone());
                 let busy = Busy::new(activity.clone());
                 let call = proxy.clone().oneshot(req);
                 async move {

@@ -40,9 +40,32 @@ use crate::observe::Upstreamed;
 pub type RequestBody = BoxBody<Bytes, crate::limits::BodyError>;
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// The address of the client a request came from, set per connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+/// The client a request came from, set per connection: its address, and the forwarding fields
+/// naming it, formatted once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The `X-Forwarded-For` element: the client's IP.
+    forwarded_for: Option<HeaderValue>,
+    /// The `Forwarded` element's start, `for=<node>;proto=http` (RFC 7239 §6: a v6 node quoted).
+    forwarded: Arc<str>,
+}
+
+impl ClientAddr {
+    pub fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip();
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Self {
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+            forwarded: format!("for={node};proto=http").into(),
+        }
+    }
+}
+
+/// The `Forwarded` element's start for a request with no client address (RFC 7239 §6.3).
+const UNKNOWN_CLIENT: &str = "for=unknown;proto=http";
 
 /// How to reach the upstream.
 #[derive(Debug, Clone)]
@@ -66,8 +89,15 @@ pub struct Upstream {
 /// Forwards each request to the upstream over pooled keep-alive connections.
 #[derive(Clone)]
 pub struct Forward {
+    // One pointer: the layer clones its inner service for every request.
+    inner: Arc<ForwardInner>,
+}
+
+struct ForwardInner {
     client: Client<BoundedConnector, RequestBody>,
-    upstream: Arc<Upstream>,
+    upstream: Upstream,
+    /// The upstream URI's path without its trailing `/`, put before every request's path.
+    prefix: String,
     /// Counts the forwarded requests the upstream did not answer.
     errors: metrics::Counter,
 }
@@ -93,30 +123,42 @@ impl Forward {
             .pool_max_idle_per_host(upstream.max_idle)
             .pool_timer(TokioTimer::new())
             .build(connector);
+        let prefix = upstream.uri.path().trim_end_matches('/').to_owned();
         Ok(Self {
-            client,
-            upstream: Arc::new(upstream),
-            errors,
+            inner: Arc::new(ForwardInner {
+                client,
+                upstream,
+                prefix,
+                errors,
+            }),
         })
     }
+}
 
+impl ForwardInner {
     /// The upstream's scheme and authority, its path as a prefix, then the request's path and query.
     fn upstream_uri(&self, uri: &Uri) -> Uri {
-        let prefix = self.upstream.uri.path().trim_end_matches('/');
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut parts = self.upstream.uri.clone().into_parts();
-        parts.path_and_query = Some(
-            format!("{prefix}{path}")
-                .parse()
-                .expect("a valid path and query prefixed by a valid path"),
-        );
+        let path = match uri.path_and_query() {
+            // Shared bytes, not a copy: most upstreams have no path of their own.
+            Some(path) if self.prefix.is_empty() => path.clone(),
+            path => {
+                let path = path.map_or("/", PathAndQuery::as_str);
+                format!("{}{path}", self.prefix)
+                    .parse()
+                    .expect("a valid path and query prefixed by a valid path")
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.upstream.uri.scheme().cloned();
+        parts.authority = self.upstream.uri.authority().cloned();
+        parts.path_and_query = Some(path);
         Uri::from_parts(parts).expect("upstream scheme and authority are set")
     }
 
     /// `req` is origin-form, its `Host` checked (`target::admit`).
     fn prepare(&self, req: &mut Request<RequestBody>) {
         let version = req.version();
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        let client = req.extensions_mut().remove::<ClientAddr>();
         *req.uri_mut() = self.upstream_uri(req.uri());
         *req.version_mut() = Version::HTTP_11; // whatever the client spoke, upstream is HTTP/1.1
         let headers = req.headers_mut();
@@ -124,12 +166,14 @@ impl Forward {
         let host = headers.get(header::HOST).cloned();
         strip_hop_by_hop(headers);
         // Only this proxy says what the client's host, scheme, port and address were.
-        for name in [
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "x-forwarded-port",
-            "x-real-ip",
-        ] {
+        let claims = |name: &HeaderName| {
+            matches!(
+                name.as_str(),
+                "x-forwarded-host" | "x-forwarded-proto" | "x-forwarded-port" | "x-real-ip"
+            )
+        };
+        let claimed: Vec<HeaderName> = headers.keys().filter(|n| claims(n)).cloned().collect();
+        for name in claimed {
             headers.remove(name);
         }
         match (&host, self.upstream.rewrite_host) {
@@ -150,30 +194,37 @@ impl Forward {
 /// the ones the proxy's forwarding information is built on (`Connection: host` must not make
 /// the proxy forget the host, nor `Connection: forwarded` drop the earlier proxies' elements).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !matches!(name.as_str(), "host" | "forwarded" | "x-forwarded-for"))
+        .filter(|name| !matches!(name.as_str(), "host" | "forwarded" | "x-forwarded-for"));
+    // Only the names present: one pass instead of a lookup per name, as most messages carry
+    // none of them (and no `Connection`, whose list is then empty, allocating nothing).
+    let strip: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .chain(named)
         .collect();
-    for name in named {
+    for name in strip {
         headers.remove(name);
     }
-    for name in [
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
         header::CONNECTION,
         header::TE,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 fn via(version: Version) -> HeaderValue {
@@ -187,20 +238,13 @@ fn via(version: Version) -> HeaderValue {
 /// `X-Forwarded-For` and RFC 7239 `Forwarded`, appended to what earlier proxies sent: an
 /// element `for=<client>;proto=http`, with `;host=` when the request named one. A `Forwarded`
 /// that does not parse as a list of elements (an open quote could swallow ours) is replaced.
-fn add_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, host: Option<&HeaderValue>) {
-    let node = match client.map(|c| c.ip()) {
-        Some(ip) => {
-            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-                append(headers, HeaderName::from_static("x-forwarded-for"), value);
-            }
-            match ip {
-                std::net::IpAddr::V4(v4) => v4.to_string(),
-                std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-            }
-        }
-        None => "unknown".to_owned(), // RFC 7239 §6.3
-    };
-    let mut forwarded = format!("for={node};proto=http");
+fn add_forwarded(headers: &mut HeaderMap, client: Option<ClientAddr>, host: Option<&HeaderValue>) {
+    if let Some(value) = client.as_ref().and_then(|c| c.forwarded_for.clone()) {
+        append(headers, HeaderName::from_static("x-forwarded-for"), value);
+    }
+    let element = client.as_ref().map_or(UNKNOWN_CLIENT, |c| &c.forwarded);
+    let mut forwarded = String::with_capacity(element.len() + 64);
+    forwarded.push_str(element);
     if let Some(host) = host {
         // RFC 7239 §4: a quoted-string, so nothing in `Host` can end the element or start another.
         forwarded.push_str(";host=");
@@ -336,10 +380,11 @@ impl Service<Request<RequestBody>> for Forward {
     }
 
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
-        self.prepare(&mut req);
-        let response = self.client.request(req);
-        let (timeout, errors) = (self.upstream.response_timeout, self.errors.clone());
-        let started = self.upstream.timed.then(Instant::now);
+        let forward = self.inner.clone();
+        forward.prepare(&mut req);
+        let response = forward.client.request(req);
+        let timeout = forward.upstream.response_timeout;
+        let started = forward.upstream.timed.then(Instant::now);
         Box::pin(async move {
             let res = match tokio::time::timeout(timeout, response).await {
                 Ok(Ok(res)) => {
@@ -368,7 +413,7 @@ impl Service<Request<RequestBody>> for Forward {
                     text(StatusCode::GATEWAY_TIMEOUT, GATEWAY_TIMEOUT)
                 }
             };
-            errors.increment(1);
+            forward.errors.increment(1);
             let mut res = res.map(Either::Right);
             if let Some(started) = started {
                 res.extensions_mut().insert(Upstreamed(started.elapsed()));

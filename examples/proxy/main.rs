@@ -30,12 +30,12 @@ mod observe;
 mod ops;
 mod target;
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -417,11 +417,12 @@ where
                 .layer(layer)
                 .service(forward),
         );
+    // One pointer to clone per request (and per connection) instead of each part.
+    let shared = Arc::new((conditional, counters, budget));
     let service = tower::service_fn(move |mut req: Request<Incoming>| {
-        let conditional = conditional.clone();
-        let counters = counters.clone();
-        let budget = budget.clone();
+        let shared = shared.clone();
         async move {
+            let (conditional, counters, budget) = &*shared;
             // From here on the target is an origin-form, normalized path: what the key is
             // computed from is exactly what is forwarded.
             if let Err(refused) = target::admit(&mut req) {
@@ -432,30 +433,47 @@ where
                     return Ok(boxed(page));
                 }
             }
-            let reserved = match budget.reserve(&req) {
-                Ok(reserved) => reserved,
-                Err(refused) => {
-                    counters.budget_refused.increment(1);
-                    return Ok(boxed(refused.into_response()));
+            // A body known to be empty (most reads) takes no budget and no body timer.
+            let reserved = if http_body::Body::is_end_stream(req.body()) {
+                None
+            } else {
+                match budget.reserve(&req) {
+                    Ok(reserved) => Some(reserved),
+                    Err(refused) => {
+                        counters.budget_refused.increment(1);
+                        return Ok(boxed(refused.into_response()));
+                    }
                 }
             };
-            // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
             let (parts, body) = req.into_parts();
-            let (body, timed_out) = TimedBody::new(body, body_timeout);
-            let body = Budgeted::new(body, reserved.clone());
-            let req: Request<RequestBody> = Request::from_parts(parts, RequestBody::new(body));
+            let (body, uploading) = match reserved {
+                None => (
+                    RequestBody::new(Empty::new().map_err(|never| match never {})),
+                    None,
+                ),
+                Some(reserved) => {
+                    // The layer needs a request body it can rebuild from bytes: hyper's, boxed.
+                    let (body, timed_out) = TimedBody::new(body, body_timeout);
+                    let body = Budgeted::new(body, reserved.clone());
+                    (RequestBody::new(body), Some((timed_out, reserved)))
+                }
+            };
+            let req = Request::from_parts(parts, body);
             // A dropped request future never abandons a forwarded write: the layer runs those
             // to their end in tasks of their own.
-            let res = tokio::time::timeout(request_timeout, conditional.oneshot(req)).await;
-            if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-                counters.slow_uploads.increment(1);
-                return Ok(boxed(limits::body_timed_out().into_response()));
-            }
-            if reserved.refused() {
-                counters.budget_refused.increment(1);
-                // The rest of the body is not read: the connection cannot be reused.
-                let refused = limits::budget_spent().with(header::CONNECTION, "close");
-                return Ok(boxed(refused.into_response()));
+            let call = conditional.clone().oneshot(req);
+            let res = tokio::time::timeout(request_timeout, call).await;
+            if let Some((timed_out, reserved)) = uploading {
+                if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+                    counters.slow_uploads.increment(1);
+                    return Ok(boxed(limits::body_timed_out().into_response()));
+                }
+                if reserved.refused() {
+                    counters.budget_refused.increment(1);
+                    // The rest of the body is not read: the connection cannot be reused.
+                    let refused = limits::budget_spent().with(header::CONNECTION, "close");
+                    return Ok(boxed(refused.into_response()));
+                }
             }
             match res {
                 Ok(res) => res,
