@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# User-space instructions per request of one or more proxy builds, counted by callgrind: unlike
+# requests per second, the count hardly moves with the machine's load, so two builds can be
+# compared on a busy 2-core machine. Kernel time (the syscalls, most of a forwarded request) is
+# not counted: it is the same for every build that makes the same syscalls.
+#
+#   bash bench/instructions.sh A=target/release/examples/proxy B=/other/build/proxy  # N=3000
+#   CASE=get_304 bash bench/instructions.sh A=…   # a GET answered 304 by the layer
+#
+# Each build runs under callgrind with one tokio worker in front of an nginx upstream on
+# loopback; after 400 warm-up requests the counters are zeroed, N requests are sent over 4
+# keep-alive connections, and the counters dumped. Needs valgrind and nginx
+# (`apt-get install valgrind nginx-light`).
+set -euo pipefail
+N=${N:-3000}; CASE=${CASE:-get}
+WORK=$(mktemp -d); PIDS=()
+# SIGTERM, not SIGKILL: nginx's master then stops its worker, which would hold our stdout open.
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+mkdir -p "$WORK/www/api" "$WORK/logs"; chmod 755 "$WORK"; printf '{"content":"x"}' > "$WORK/www/api/doc"; chmod -R a+rX "$WORK/www"
+UP=$(free)
+cat > "$WORK/up.conf" <<NGINX
+worker_processes 1; pid $WORK/up.pid; error_log $WORK/logs/e.log warn;
+events { worker_connections 4096; }
+http { access_log off; default_type application/json;
+  server { listen 127.0.0.1:$UP backlog=4096; keepalive_requests 1000000; root $WORK/www; } }
+NGINX
+nginx -p "$WORK" -c "$WORK/up.conf" -g 'daemon off;' & PIDS+=($!)
+# N GETs over 4 keep-alive connections; with CASE=get_304, each carries the Last-Modified first seen.
+cat > "$WORK/client.py" <<'PY'
+import http.client, sys, threading
+port, n, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+first = http.client.HTTPConnection('127.0.0.1', port)
+first.request('GET', '/api/doc'); r = first.getresponse(); r.read()
+headers = {'If-Modified-Since': r.getheader('Last-Modified')} if case == 'get_304' else {}
+want = 304 if case == 'get_304' else 200
+def run(k):
+    c = http.client.HTTPConnection('127.0.0.1', port)
+    for _ in range(k):
+        c.request('GET', '/api/doc', headers=headers); r = c.getresponse(); r.read()
+        assert r.status == want, r.status
+threads = [threading.Thread(target=run, args=(n // 4,)) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+PY
+for spec in "$@"; do
+  name=${spec%%=*}; bin=${spec#*=}
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.cg" \
+    "$bin" --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" > "$WORK/$name.out" 2>"$WORK/$name.err" &
+  P=$!; PIDS+=($P)
+  for _ in $(seq 300); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
+  port=$(sed -n 's/^listening on http:\/\/127.0.0.1://p' "$WORK/$name.out")
+  # The layer answers 304 only once the resource's date is a second old.
+  python3 "$WORK/client.py" "$port" 400 "$CASE"; sleep 1.1
+  callgrind_control -z "$P" >/dev/null 2>&1
+  python3 "$WORK/client.py" "$port" "$N" "$CASE"
+  callgrind_control -d "$P" >/dev/null 2>&1
+  kill -9 "$P"; wait "$P" 2>/dev/null || true
+  total=$(callgrind_annotate "$WORK/$name.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo -e "$CASE\t$name\t$((total / N)) instructions per request"
+done
