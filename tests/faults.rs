@@ -5,7 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use http::{Method, StatusCode};
 use support::{proxy::start_proxy, Backend, HttpClient, Reply, HOLD, STATUS};
@@ -127,6 +133,74 @@ async fn resetting_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// An upstream speaking raw HTTP/1.1 that answers every request `200 ok` and counts the
+/// connections it accepts; with `close`, it says `Connection: close` and closes each connection
+/// after one response.
+async fn counting_upstream(close: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    // Requests without a body: each head ends a request.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let res: &[u8] = if close {
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if stream.write_all(res).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_reused() {
+    let (upstream, accepted) = counting_upstream(false).await;
+    let (_proxy, client) = proxy_for(upstream, &[]).await;
+    for _ in 0..20 {
+        let reply = client.send(Method::GET, "/doc", &[], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests each made a new upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_each_connection_still_answers_every_request() {
+    let (upstream, accepted) = counting_upstream(true).await;
+    let (_proxy, client) = proxy_for(upstream, &["--upstream-max-connections", "2"]).await;
+    for _ in 0..20 {
+        // A connection the upstream closed is never used again (no 502), nor kept (its place
+        // in the bound of 2 comes back).
+        let reply = client.send(Method::GET, "/doc", &[], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
 }
 
 #[tokio::test]

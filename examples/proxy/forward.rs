@@ -5,7 +5,6 @@
 
 use std::{
     convert::Infallible,
-    error::Error as _,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -21,24 +20,15 @@ use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
 };
 use http_body_util::{combinators::BoxBody, Either, Full};
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{
-        connect::{Connected, Connection, HttpConnector},
-        Client,
-    },
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
-use tokio::{
-    net::TcpStream,
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
 use tower::Service;
 
-use crate::observe::Upstreamed;
+use crate::{
+    observe::Upstreamed,
+    upstream::{Pool, PooledBody, UpstreamError},
+};
 
 pub type RequestBody = BoxBody<Bytes, crate::limits::BodyError>;
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// The client a request came from, set per connection: its address, and the forwarding fields
 /// naming it, formatted once per connection rather than once per request.
@@ -86,7 +76,7 @@ pub struct Upstream {
     pub timed: bool,
 }
 
-/// Forwards each request to the upstream over pooled keep-alive connections.
+/// Forwards each request to the upstream over kept-alive connections ([`Pool`]).
 #[derive(Clone)]
 pub struct Forward {
     // One pointer: the layer clones its inner service for every request.
@@ -94,8 +84,10 @@ pub struct Forward {
 }
 
 struct ForwardInner {
-    client: Client<BoundedConnector, RequestBody>,
+    pool: Pool,
     upstream: Upstream,
+    /// `Host` for the upstream: its host, and its port unless 80.
+    upstream_host: HeaderValue,
     /// The upstream URI's path without its trailing `/`, put before every request's path.
     prefix: String,
     /// Counts the forwarded requests the upstream did not answer.
@@ -110,24 +102,32 @@ impl Forward {
                 upstream.uri
             ));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        let connector = BoundedConnector {
-            inner: connector,
-            permits: Arc::new(Semaphore::new(upstream.max_connections.max(1))),
-            wait: upstream.queue_timeout,
+        let uri = &upstream.uri;
+        let host = uri.host().unwrap_or_default();
+        let host = match uri.port_u16() {
+            Some(port) if port != 80 => format!("{host}:{port}"),
+            _ => host.to_owned(),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(upstream.max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let upstream_host = HeaderValue::from_str(&host).map_err(|err| err.to_string())?;
+        let target = Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query("/")
+            .build()
+            .map_err(|err| err.to_string())?;
+        let pool = Pool::new(
+            target,
+            upstream.connect_timeout,
+            upstream.max_connections,
+            upstream.max_idle,
+            upstream.queue_timeout,
+        );
         let prefix = upstream.uri.path().trim_end_matches('/').to_owned();
         Ok(Self {
             inner: Arc::new(ForwardInner {
-                client,
+                pool,
                 upstream,
+                upstream_host,
                 prefix,
                 errors,
             }),
@@ -136,7 +136,8 @@ impl Forward {
 }
 
 impl ForwardInner {
-    /// The upstream's scheme and authority, its path as a prefix, then the request's path and query.
+    /// The upstream's path as a prefix, then the request's path and query: origin-form, as
+    /// sent on the upstream connection.
     fn upstream_uri(&self, uri: &Uri) -> Uri {
         let path = match uri.path_and_query() {
             // Shared bytes, not a copy: most upstreams have no path of their own.
@@ -148,11 +149,7 @@ impl ForwardInner {
                     .expect("a valid path and query prefixed by a valid path")
             }
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = self.upstream.uri.scheme().cloned();
-        parts.authority = self.upstream.uri.authority().cloned();
-        parts.path_and_query = Some(path);
-        Uri::from_parts(parts).expect("upstream scheme and authority are set")
+        Uri::from(path)
     }
 
     /// `req` is origin-form, its `Host` checked (`target::admit`).
@@ -181,7 +178,7 @@ impl ForwardInner {
                 headers.insert(header::HOST, host.clone());
             }
             _ => {
-                headers.remove(header::HOST); // the client sets it from the upstream URI
+                headers.insert(header::HOST, self.upstream_host.clone());
             }
         }
         // Always, Host or not: otherwise what the client wrote would be the nearest element.
@@ -384,11 +381,10 @@ impl Service<Request<RequestBody>> for Forward {
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         let forward = self.inner.clone();
         forward.prepare(&mut req);
-        let response = forward.client.request(req);
         let timeout = forward.upstream.response_timeout;
         let started = forward.upstream.timed.then(Instant::now);
         Box::pin(async move {
-            let res = match tokio::time::timeout(timeout, response).await {
+            let res = match tokio::time::timeout(timeout, forward.pool.send(req)).await {
                 Ok(Ok(res)) => {
                     let mut res = res.map(Either::Left);
                     let version = res.version();
@@ -399,7 +395,7 @@ impl Service<Request<RequestBody>> for Forward {
                     }
                     return Ok(res);
                 }
-                Ok(Err(err)) if is_busy(&err) => {
+                Ok(Err(UpstreamError::Busy)) => {
                     tracing::debug!("no upstream connection free in time");
                     let mut res = text(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_BUSY);
                     res.headers_mut()
@@ -466,119 +462,4 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
-}
-
-/// The upstream is at `--upstream-max-connections` and none came free in time.
-#[derive(Debug)]
-struct UpstreamBusy;
-
-impl std::fmt::Display for UpstreamBusy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("every upstream connection is busy")
-    }
-}
-
-impl std::error::Error for UpstreamBusy {}
-
-fn is_busy(err: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = err.source();
-    while let Some(err) = source {
-        if err.is::<UpstreamBusy>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// `HttpConnector` with a bound on open connections: each holds a permit until it closes, busy
-/// or idle in the pool, so no fan-out of client streams opens more.
-#[derive(Clone)]
-struct BoundedConnector {
-    inner: HttpConnector,
-    permits: Arc<Semaphore>,
-    wait: Duration,
-}
-
-impl Service<Uri> for BoundedConnector {
-    type Response = Bounded;
-    type Error = crate::BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Bounded, crate::BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (permits, wait) = (self.permits.clone(), self.wait);
-        // The ready connector is taken; the clone left behind is as ready (it always is).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let permit = match tokio::time::timeout(wait, permits.acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                _ => return Err(UpstreamBusy.into()),
-            };
-            let io = inner.call(uri).await?;
-            Ok(Bounded {
-                io,
-                _permit: permit,
-            })
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream connection holding its permit.
-    struct Bounded {
-        #[pin]
-        io: TokioIo<TcpStream>,
-        _permit: OwnedSemaphorePermit,
-    }
-}
-
-impl Connection for Bounded {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
-impl hyper::rt::Read for Bounded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Bounded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
 }

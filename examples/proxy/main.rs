@@ -29,6 +29,7 @@ mod limits;
 mod observe;
 mod ops;
 mod target;
+mod upstream;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
