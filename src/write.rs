@@ -267,56 +267,105 @@ where
         {
             // Versions only grow: what the table refuses, a verification would refuse too.
             Step::Answer(answer) => return Ok(Decided::Answer(answer)),
-            // Asks the backend what it holds now, once, and decides again against that.
+            // Asks the backend what it holds now, once, and decides again against that. Boxed,
+            // as the probe below: futures of a branch most writes never take would otherwise
+            // make every write's future larger, and it is moved whole more than once.
             Step::Forward(_) | Step::Probe if config.bypass.verify_writes && !verified => {
-                let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
-                let (head, get) = (
-                    bodiless(Method::HEAD, request),
-                    bodiless(Method::GET, request),
-                );
-                let probe = fingerprint::probe(inner, head, get);
-                let probe = tokio::time::timeout(config.write_timeout, probe).await;
-                let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten()
-                else {
+                let verify = verify(inner, request, key, store, lock, config, metrics);
+                if !Box::pin(verify).await? {
                     return Ok(Decided::Answer(Answer::unverified(store.now())));
-                };
-                let observe = store.observe(key, &seen, &fingerprint, store.now());
-                metrics.store(StoreOp::Observe, observe).await?;
-                // What it serves also says whether it exists: no second probe for a `*`.
-                let exists = match fingerprint {
-                    Fingerprint::Absent => Existence::Absent,
-                    _ => Existence::Exists,
-                };
-                let learn = store.learn_existence(key, lock, exists);
-                metrics.store(StoreOp::LearnExistence, learn).await?;
+                }
                 verified = true;
-                poll_fn(|cx| inner.poll_ready(cx))
-                    .await
-                    .map_err(Refused::Inner)?;
             }
             Step::Forward(seen) => return Ok(Decided::Forward(seen)),
             Step::Probe if probed => {
                 return Ok(Decided::Answer(Answer::probe_inconclusive(store.now())))
             }
             Step::Probe => {
-                let (head, get) = (
-                    bodiless(Method::HEAD, request),
-                    bodiless(Method::GET, request),
-                );
-                let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
-                let exists = match probe.await {
-                    Ok(exists) => exists.map_err(Refused::Inner)?,
-                    Err(_elapsed) => Existence::Unknown,
-                };
-                let learn = store.learn_existence(key, lock, exists);
-                metrics.store(StoreOp::LearnExistence, learn).await?;
+                Box::pin(learn_existence(
+                    inner, request, key, store, lock, config, metrics,
+                ))
+                .await?;
                 probed = true;
-                poll_fn(|cx| inner.poll_ready(cx))
-                    .await
-                    .map_err(Refused::Inner)?;
             }
         }
     }
+}
+
+/// With `verify_writes`: asks the inner service what it serves now, and records it (a change
+/// bumps the version, and tells whether the resource exists); `false` if it did not say.
+/// `inner` is ready again after.
+async fn verify<S, ReqBody, ResBody, Key, St>(
+    inner: &mut S,
+    request: &Parts,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    config: Config,
+    metrics: &Metrics,
+) -> Result<bool, Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    ResBody: Body<Data = Bytes>,
+    St: VersionStore<Key>,
+{
+    let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
+    let (head, get) = (
+        bodiless(Method::HEAD, request),
+        bodiless(Method::GET, request),
+    );
+    let probe = fingerprint::probe(inner, head, get);
+    let probe = tokio::time::timeout(config.write_timeout, probe).await;
+    let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten() else {
+        return Ok(false);
+    };
+    let observe = store.observe(key, &seen, &fingerprint, store.now());
+    metrics.store(StoreOp::Observe, observe).await?;
+    // What it serves also says whether it exists: no second probe for a `*`.
+    let exists = match fingerprint {
+        Fingerprint::Absent => Existence::Absent,
+        _ => Existence::Exists,
+    };
+    let learn = store.learn_existence(key, lock, exists);
+    metrics.store(StoreOp::LearnExistence, learn).await?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Refused::Inner)?;
+    Ok(true)
+}
+
+/// Asks the inner service whether the resource exists, and records what it said. `inner` is
+/// ready again after.
+async fn learn_existence<S, ReqBody, ResBody, Key, St>(
+    inner: &mut S,
+    request: &Parts,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    config: Config,
+    metrics: &Metrics,
+) -> Result<(), Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    St: VersionStore<Key>,
+{
+    let (head, get) = (
+        bodiless(Method::HEAD, request),
+        bodiless(Method::GET, request),
+    );
+    let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
+    let exists = match probe.await {
+        Ok(exists) => exists.map_err(Refused::Inner)?,
+        Err(_elapsed) => Existence::Unknown,
+    };
+    let learn = store.learn_existence(key, lock, exists);
+    metrics.store(StoreOp::LearnExistence, learn).await?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Refused::Inner)?;
+    Ok(())
 }
 
 /// Why a write could not be prepared: the store, or the inner service (during a probe).
