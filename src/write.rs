@@ -21,10 +21,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header::IF_MATCH, request::Parts, HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -222,7 +222,12 @@ where
     let (report, outcome) = oneshot::channel();
     // Boxed before it is spawned: tokio moves a spawned future, and its task's stage, whole
     // several times, and this one is over a kilobyte; a box is one allocation and one copy.
-    tokio::spawn(Box::pin(run(inner.call(request), in_flight, config, report)));
+    tokio::spawn(Box::pin(run(
+        inner.call(request),
+        in_flight,
+        config,
+        report,
+    )));
     Ok(Prepared::Forwarded(outcome))
 }
 
@@ -395,18 +400,36 @@ impl BodyRefused {
     }
 }
 
-/// Reads a write's body in full, or says why not.
-async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
+/// Reads a write's body in full, or says why not. A body that comes in one frame (most do) is
+/// kept as it came, neither copied nor gathered into a list first.
+async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
     if body.size_hint().lower() > limit as u64 {
         return Err(BodyRefused::TooLarge);
     }
-    // Why the body failed does not matter here, only whether it was too large.
-    let body = body.map_err(|_| std::io::Error::other("unreadable request body"));
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
-        Err(_) => Err(BodyRefused::Unreadable),
+    let mut body = std::pin::pin!(body);
+    let (mut first, mut rest) = (Bytes::new(), BytesMut::new());
+    while let Some(frame) = body.frame().await {
+        // Why the body failed does not matter here, only whether it was too large.
+        let frame = frame.map_err(|_| BodyRefused::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: a write is forwarded without them
+        };
+        if first.len() + rest.len() + data.len() > limit {
+            return Err(BodyRefused::TooLarge);
+        }
+        if first.is_empty() && rest.is_empty() {
+            first = data;
+        } else {
+            rest.extend_from_slice(&data);
+        }
     }
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    let mut whole = BytesMut::with_capacity(first.len() + rest.len());
+    whole.extend_from_slice(&first);
+    whole.extend_from_slice(&rest);
+    Ok(whole.freeze())
 }
 
 /// Runs a forwarded write to its end, whether or not anyone still waits for its answer.
@@ -617,6 +640,59 @@ impl<Key: Clone, St: VersionStore<Key>> Drop for WriteInFlight<Key, St> {
     fn drop(&mut self) {
         if let Some(lock) = self.lock.take() {
             self.store.bump_unsettled(self.key.clone(), lock);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        task::{Context, Poll},
+    };
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body that yields its frames one by one, with no size hint.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(chunks: &[&'static str]) -> Frames {
+        let mut frames: VecDeque<_> = chunks
+            .iter()
+            .map(|chunk| Frame::data(Bytes::from_static(chunk.as_bytes())))
+            .collect();
+        frames.push_back(Frame::trailers(HeaderMap::new()));
+        Frames(frames)
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_from_any_number_of_frames_within_its_limit() {
+        for chunks in [&[][..], &["whole"], &["", "whole"], &["wh", "", "ol", "e"]] {
+            let read = read_body(frames(chunks), 5).await;
+            let expected = if chunks.is_empty() { "" } else { "whole" };
+            assert_eq!(
+                read.ok().as_deref(),
+                Some(expected.as_bytes()),
+                "{chunks:?}"
+            );
+        }
+        for chunks in [&["wholes"][..], &["whol", "es"], &["w", "hole", "s"]] {
+            let read = read_body(frames(chunks), 5).await;
+            assert!(matches!(read, Err(BodyRefused::TooLarge)), "{chunks:?}");
         }
     }
 }
