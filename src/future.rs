@@ -30,8 +30,9 @@ pin_project! {
     /// Response future of [`Conditional`](crate::Conditional).
     ///
     /// Reads on a store that answers at once (the in-memory one) are polled in place. A write,
-    /// or a read on a shared store, is prepared in a boxed future; a forwarded write then runs
-    /// in a task of its own, whose answer this future waits for.
+    /// or a read on a shared store, is prepared in a boxed future; a forwarded write the inner
+    /// service does not answer at once then runs in a task of its own, whose answer this future
+    /// waits for.
     pub struct ResponseFuture<S, ReqBody, ResBody, Key, St>
     where
         S: Service<Request<ReqBody>>,
@@ -60,7 +61,7 @@ pin_project! {
         // A write: body, lock, preconditions, probe. The store dates the answer if the write's
         // task ends without one.
         WritePreparing { future: WritePrepare<S::Response, S::Error>, store: Option<Arc<St>> },
-        // A write forwarded under its resource's lock, in a task of its own.
+        // A write forwarded under its resource's lock: done, or going on in a task of its own.
         Written {
             outcome: oneshot::Receiver<write::Outcome<S::Response, S::Error>>,
             store: Arc<St>,

@@ -7,10 +7,11 @@
 //! 2. the resource's lock is taken, waiting at most [`Config::lock_timeout`] (else `503`);
 //! 3. the preconditions are decided, asking the inner service whether the resource exists if
 //!    a `*` needs it;
-//! 4. the write is forwarded in a task of its own, which runs to the inner service's answer (or
-//!    [`Config::write_timeout`]) even if the client leaves, then records the outcome and releases
-//!    the lock. Otherwise the next writer could be forwarded while the backend still applies an
-//!    abandoned write, and one of the two would be lost.
+//! 4. the write is forwarded; unless the inner service answers at once, it goes on in a task of
+//!    its own, which runs to the inner service's answer (or [`Config::write_timeout`]) even if
+//!    the client leaves; then the outcome is recorded and the lock released. Otherwise the next
+//!    writer could be forwarded while the backend still applies an abandoned write, and one of
+//!    the two would be lost.
 
 use std::{
     future::{poll_fn, Future},
@@ -220,14 +221,18 @@ where
         _counted: metrics.in_flight(),
     };
     let (report, outcome) = oneshot::channel();
-    // Boxed before it is spawned: tokio moves a spawned future, and its task's stage, whole
-    // several times, and this one is over a kilobyte; a box is one allocation and one copy.
-    tokio::spawn(Box::pin(run(
-        inner.call(request),
-        in_flight,
-        config,
-        report,
-    )));
+    // Boxed: it may be spawned, and tokio moves a spawned future, and its task's stage, whole
+    // several times; this one is over a kilobyte, and a box is one allocation and one copy.
+    let mut write = Box::pin(run(inner.call(request), in_flight, config, report));
+    // Polled once here first: a write the inner service answers at once (an in-process
+    // backend) is then done, and needs no task. Any other goes on in a task of its own, where
+    // it is polled again (with that task's waker) even if this request's client leaves.
+    if poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx)))
+        .await
+        .is_pending()
+    {
+        tokio::spawn(write);
+    }
     Ok(Prepared::Forwarded(outcome))
 }
 
