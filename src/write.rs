@@ -526,21 +526,30 @@ async fn evaluate<Key, St: VersionStore<Key>>(
         Verdict::Decided(decision) => decision,
         Verdict::DependsOnExistence { .. } => return Ok(Step::Probe),
     };
-    let now = store.now();
     let failed = match decision {
-        Decision::Forward => return Ok(Step::Forward(seen)),
-        Decision::PreconditionRequired => {
-            return Ok(Step::Answer(Answer::precondition_required(now)))
-        }
-        Decision::BadRequest(field) => return Ok(Step::Answer(Answer::malformed(field, now))),
+        Decision::Forward => return Ok(Step::Forward(seen)), // no clock read: the bump has one
         Decision::PreconditionFailed(failed) => failed,
         Decision::NotModified => Failed::IfNoneMatch, // a write's `304` is a `412` (§13.1.2)
+        Decision::PreconditionRequired => {
+            return Ok(Step::Answer(Answer::precondition_required(store.now())))
+        }
+        Decision::BadRequest(field) => {
+            return Ok(Step::Answer(Answer::malformed(field, store.now())))
+        }
     };
-    let current = metrics.store(StoreOp::Current, store.current(key, now));
+    let now = store.now();
+    // The `412` carries the current version, re-dated if its date is shared and the clock has
+    // moved on; only then is the store asked again. Under the lock no other write through the
+    // layer moves it (an observation of a bypassing writer may, as it may just after any call).
+    let version = match seen.version.redated(now) {
+        None => seen.version,
+        Some(_) => {
+            let current = metrics.store(StoreOp::Current, store.current(key, now));
+            current.await?.version
+        }
+    };
     Ok(Step::Answer(Answer::precondition_failed(
-        failed,
-        current.await?.version,
-        now,
+        failed, version, now,
     )))
 }
 
