@@ -450,7 +450,13 @@ async fn run<F, ResBody, E, Key, St>(
 {
     let metrics = in_flight.metrics.clone();
     let started = Timer::start();
-    let answered = tokio::time::timeout(config.write_timeout, catch_unwind(call)).await;
+    let mut call = std::pin::pin!(catch_unwind(call));
+    // A call answered at its first poll (an in-process backend) cannot time out: no timer, and
+    // no clock read, for it.
+    let answered = match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(answered) => Ok(answered),
+        Poll::Pending => tokio::time::timeout(config.write_timeout, call).await,
+    };
     metrics.upstream(Access::Write, started);
     let outcome = match answered {
         Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
