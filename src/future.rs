@@ -136,6 +136,10 @@ where
                         Prepared::Answer(answer) => kind.set(Kind::Answered {
                             answer: Some(answer),
                         }),
+                        Prepared::Written(outcome) => {
+                            let store = store.take().expect("future polled after completion");
+                            return Poll::Ready(written(outcome, &*store));
+                        }
                         Prepared::Forwarded(outcome) => {
                             let store = store.take().expect("future polled after completion");
                             kind.set(Kind::Written { outcome, store });
@@ -143,24 +147,31 @@ where
                     }
                 }
                 KindProj::Written { outcome, store } => {
-                    let outcome = ready!(Pin::new(outcome).poll(cx));
-                    // The layer's own answers are dated now, by the layer's clock.
-                    let answer = match outcome {
-                        Ok(write::Outcome::Response(result)) => {
-                            return Poll::Ready(result.map(|res| res.map(ResponseBody::inner)));
-                        }
-                        Ok(write::Outcome::Answer(answer)) => answer,
-                        Ok(write::Outcome::TimedOut) => Answer::write_timed_out(store.now()),
-                        Ok(write::Outcome::Panicked) => Answer::write_panicked(store.now()),
+                    return Poll::Ready(match ready!(Pin::new(outcome).poll(cx)) {
+                        Ok(outcome) => written(outcome, &**store),
                         // The task ended without a word: its runtime shut down, or it failed
                         // after the inner service answered.
-                        Err(_) => Answer::write_abandoned(store.now()),
-                    };
-                    return Poll::Ready(Ok(answer.into_response()));
+                        Err(_) => Ok(Answer::write_abandoned(store.now()).into_response()),
+                    });
                 }
             }
         }
     }
+}
+
+/// The response to a forwarded write, from what became of it. The layer's own answers are dated
+/// now, by the layer's clock.
+fn written<B, E, Key, St: VersionStore<Key>>(
+    outcome: write::Outcome<Response<B>, E>,
+    store: &St,
+) -> Result<Response<ResponseBody<B>>, E> {
+    let answer = match outcome {
+        write::Outcome::Response(result) => return result.map(|res| res.map(ResponseBody::inner)),
+        write::Outcome::Answer(answer) => answer,
+        write::Outcome::TimedOut => Answer::write_timed_out(store.now()),
+        write::Outcome::Panicked => Answer::write_panicked(store.now()),
+    };
+    Ok(answer.into_response())
 }
 
 impl<S, ReqBody, ResBody, Key, St> fmt::Debug for ResponseFuture<S, ReqBody, ResBody, Key, St>

@@ -88,11 +88,13 @@ impl Config {
 pub(crate) enum Prepared<R, E> {
     /// The layer answers.
     Answer(Answer),
+    /// The write was forwarded and is done: the inner service answered it at once.
+    Written(Outcome<R, E>),
     /// The write runs in its own task, which reports here.
     Forwarded(oneshot::Receiver<Outcome<R, E>>),
 }
 
-/// What the task running a forwarded write reports.
+/// What became of a forwarded write.
 pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
     /// The layer answers instead (the backend refused a validator the layer forwarded, or a
@@ -220,19 +222,20 @@ where
         metrics: metrics.clone(),
         _counted: metrics.in_flight(),
     };
-    let (report, outcome) = oneshot::channel();
     // Boxed: it may be spawned, and tokio moves a spawned future, and its task's stage, whole
     // several times; this one is over a kilobyte, and a box is one allocation and one copy.
-    let mut write = Box::pin(run(inner.call(request), in_flight, config, report));
+    let mut write = Box::pin(run(inner.call(request), in_flight, config));
     // Polled once here first: a write the inner service answers at once (an in-process
-    // backend) is then done, and needs no task. Any other goes on in a task of its own, where
-    // it is polled again (with that task's waker) even if this request's client leaves.
-    if poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx)))
-        .await
-        .is_pending()
-    {
-        tokio::spawn(write);
+    // backend) is then done, and needs no task nor channel. Any other goes on in a task of its
+    // own, where it is polled again (with that task's waker) even if this request's client
+    // leaves.
+    if let Poll::Ready(outcome) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Ok(Prepared::Written(outcome));
     }
+    let (report, outcome) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = report.send(write.await);
+    });
     Ok(Prepared::Forwarded(outcome))
 }
 
@@ -437,15 +440,17 @@ async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes
     Ok(whole.freeze())
 }
 
-/// Runs a forwarded write to its end, whether or not anyone still waits for its answer.
+/// Runs a forwarded write to its end, whether or not anyone still waits for its answer. Its
+/// outcome comes once the version is bumped, so the client's next write sees it; after a
+/// timeout (here or upstream), at once, the resource staying locked for the grace period.
 async fn run<F, ResBody, E, Key, St>(
     call: F,
     in_flight: WriteInFlight<Key, St>,
     config: Config,
-    report: oneshot::Sender<Outcome<Response<ResBody>, E>>,
-) where
+) -> Outcome<Response<ResBody>, E>
+where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    Key: Clone,
+    Key: Clone + Send + 'static,
     St: VersionStore<Key>,
 {
     let metrics = in_flight.metrics.clone();
@@ -462,9 +467,8 @@ async fn run<F, ResBody, E, Key, St>(
         Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
             // The backend may still be applying it: keep others out for the grace period.
             metrics.written(Some(res.status()));
-            let _ = report.send(Outcome::Response(Ok(res)));
-            tokio::time::sleep(config.timeout_grace).await;
-            return drop(in_flight);
+            hold_for_grace(in_flight, config.timeout_grace);
+            return Outcome::Response(Ok(res));
         }
         Ok(Ok(Ok(res))) => in_flight.settle(res).await,
         Ok(Ok(Err(err))) => {
@@ -478,10 +482,9 @@ async fn run<F, ResBody, E, Key, St>(
         }
         Err(_elapsed) => {
             metrics.written(None);
-            let _ = report.send(Outcome::TimedOut);
             tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
-            tokio::time::sleep(config.timeout_grace).await;
-            return drop(in_flight);
+            hold_for_grace(in_flight, config.timeout_grace);
+            return Outcome::TimedOut;
         }
     };
     match &outcome {
@@ -489,8 +492,20 @@ async fn run<F, ResBody, E, Key, St>(
         Outcome::Answer(answer) => metrics.answered(answer.said()),
         Outcome::Response(Err(_)) | Outcome::TimedOut | Outcome::Panicked => metrics.written(None),
     }
-    // Sent only once the version is bumped, so the client's next write sees it.
-    let _ = report.send(outcome);
+    outcome
+}
+
+/// Keeps a timed-out write's resource locked for `grace` in a task of its own, then records the
+/// write (of unknown outcome) and releases the lock; its client is answered meanwhile.
+fn hold_for_grace<Key, St>(in_flight: WriteInFlight<Key, St>, grace: Duration)
+where
+    Key: Clone + Send + 'static,
+    St: VersionStore<Key>,
+{
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        drop(in_flight);
+    });
 }
 
 /// Runs `future`, turning a panic in it into an `Err`: the write's client is told, instead of
