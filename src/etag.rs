@@ -38,9 +38,18 @@ impl Tag {
         })
     }
 
+    /// Written by hand into a buffer on the stack: every write makes a new tag, and `format!`
+    /// cost a write more than the rest of its stamping together.
     fn format(self) -> HeaderValue {
-        let formatted = format!("\"{:x}.{:x}\"", self.instance, self.counter);
-        HeaderValue::try_from(formatted).expect("hex digits, a dot and quotes are a valid value")
+        let mut buf = [0; 2 * 16 + 3];
+        buf[0] = b'"';
+        let mut len = 1 + write_hex(&mut buf[1..], self.instance);
+        buf[len] = b'.';
+        len += 1;
+        len += write_hex(&mut buf[len..], self.counter);
+        buf[len] = b'"';
+        HeaderValue::from_bytes(&buf[..=len])
+            .expect("hex digits, a dot and quotes are a valid value")
     }
 
     /// Whether `opaque` (the quoted part of a client's tag, quotes excluded) names this tag.
@@ -51,6 +60,17 @@ impl Tag {
         let (instance, counter) = (&opaque[..dot], &opaque[dot + 1..]);
         parse_hex(instance) == Some(self.instance) && parse_hex(counter) == Some(self.counter)
     }
+}
+
+/// Writes `n` in lower-case hex without leading zeros at the start of `out`; returns how many
+/// digits it wrote.
+fn write_hex(out: &mut [u8], n: u64) -> usize {
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    digits
 }
 
 /// Lower-case hex without leading zeros, exactly as [`Tag::header_value`] writes it, so that
@@ -244,6 +264,11 @@ mod tests {
     #[test]
     fn tags_round_trip_in_one_spelling() {
         assert_eq!(CURRENT.header_value(), "\"abc.1f\"");
+        for (instance, counter) in [(0, 0), (1, 0x10), (u64::MAX, 0xf), (0x8000, u64::MAX >> 3)] {
+            let tag = Tag { instance, counter };
+            let expected = format!("\"{instance:x}.{counter:x}\"");
+            assert_eq!(tag.header_value(), expected.as_str());
+        }
         assert!(CURRENT.is_named_by(b"abc.1f"));
         for other in [
             &b"abc.1F"[..],

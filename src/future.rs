@@ -30,8 +30,9 @@ pin_project! {
     /// Response future of [`Conditional`](crate::Conditional).
     ///
     /// Reads on a store that answers at once (the in-memory one) are polled in place. A write,
-    /// or a read on a shared store, is prepared in a boxed future; a forwarded write then runs
-    /// in a task of its own, whose answer this future waits for.
+    /// or a read on a shared store, is prepared in a boxed future; a forwarded write the inner
+    /// service does not answer at once then runs in a task of its own, whose answer this future
+    /// waits for.
     pub struct ResponseFuture<S, ReqBody, ResBody, Key, St>
     where
         S: Service<Request<ReqBody>>,
@@ -60,7 +61,7 @@ pin_project! {
         // A write: body, lock, preconditions, probe. The store dates the answer if the write's
         // task ends without one.
         WritePreparing { future: WritePrepare<S::Response, S::Error>, store: Option<Arc<St>> },
-        // A write forwarded under its resource's lock, in a task of its own.
+        // A write forwarded under its resource's lock: done, or going on in a task of its own.
         Written {
             outcome: oneshot::Receiver<write::Outcome<S::Response, S::Error>>,
             store: Arc<St>,
@@ -135,6 +136,10 @@ where
                         Prepared::Answer(answer) => kind.set(Kind::Answered {
                             answer: Some(answer),
                         }),
+                        Prepared::Written(outcome) => {
+                            let store = store.take().expect("future polled after completion");
+                            return Poll::Ready(written(outcome, &*store));
+                        }
                         Prepared::Forwarded(outcome) => {
                             let store = store.take().expect("future polled after completion");
                             kind.set(Kind::Written { outcome, store });
@@ -142,24 +147,31 @@ where
                     }
                 }
                 KindProj::Written { outcome, store } => {
-                    let outcome = ready!(Pin::new(outcome).poll(cx));
-                    // The layer's own answers are dated now, by the layer's clock.
-                    let answer = match outcome {
-                        Ok(write::Outcome::Response(result)) => {
-                            return Poll::Ready(result.map(|res| res.map(ResponseBody::inner)));
-                        }
-                        Ok(write::Outcome::Answer(answer)) => answer,
-                        Ok(write::Outcome::TimedOut) => Answer::write_timed_out(store.now()),
-                        Ok(write::Outcome::Panicked) => Answer::write_panicked(store.now()),
+                    return Poll::Ready(match ready!(Pin::new(outcome).poll(cx)) {
+                        Ok(outcome) => written(outcome, &**store),
                         // The task ended without a word: its runtime shut down, or it failed
                         // after the inner service answered.
-                        Err(_) => Answer::write_abandoned(store.now()),
-                    };
-                    return Poll::Ready(Ok(answer.into_response()));
+                        Err(_) => Ok(Answer::write_abandoned(store.now()).into_response()),
+                    });
                 }
             }
         }
     }
+}
+
+/// The response to a forwarded write, from what became of it. The layer's own answers are dated
+/// now, by the layer's clock.
+fn written<B, E, Key, St: VersionStore<Key>>(
+    outcome: write::Outcome<Response<B>, E>,
+    store: &St,
+) -> Result<Response<ResponseBody<B>>, E> {
+    let answer = match outcome {
+        write::Outcome::Response(result) => return result.map(|res| res.map(ResponseBody::inner)),
+        write::Outcome::Answer(answer) => answer,
+        write::Outcome::TimedOut => Answer::write_timed_out(store.now()),
+        write::Outcome::Panicked => Answer::write_panicked(store.now()),
+    };
+    Ok(answer.into_response())
 }
 
 impl<S, ReqBody, ResBody, Key, St> fmt::Debug for ResponseFuture<S, ReqBody, ResBody, Key, St>

@@ -148,8 +148,11 @@ fn is_unreserved(byte: u8) -> bool {
 }
 
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
+    // Most paths have no `.` at all: one scan of the bytes, no splitting.
+    path.as_bytes().contains(&b'.')
+        && path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
 }
 
 /// §5.2.4 for a path made of `/`-separated segments: `.` is dropped, `..` drops the segment

@@ -95,8 +95,8 @@
 //! from responses; when it does not know and a write depends on it, it asks the inner service
 //! (`HEAD`, else `GET`) under the resource's lock. Write bodies are read in full before the lock
 //! is taken, and probes have empty bodies, so the inner service's request body type must
-//! implement [`FromBytes`]. Forwarded writes run in tasks spawned on the current tokio runtime,
-//! so that a client leaving never abandons one. Every response the layer answers or stamps carries a `Date` from its
+//! implement [`FromBytes`]. A forwarded write the inner service does not answer at once runs in
+//! a task spawned on the current tokio runtime, so that a client leaving never abandons one. Every response the layer answers or stamps carries a `Date` from its
 //! clock, never earlier than its `Last-Modified`. The README has the full table.
 
 #![warn(missing_docs, missing_debug_implementations)]

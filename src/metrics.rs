@@ -322,19 +322,27 @@ impl Metrics {
         InFlight
     }
 
-    /// Awaits the store call `call`, timing it as `op`.
-    pub(crate) async fn store<F: Future>(&self, op: StoreOp, call: F) -> F::Output {
+    /// Awaits the store call `call`, timing it as `op`. Not an `async fn`: one would hold
+    /// `call` twice (as its argument, then as what it awaits), and the write path's future,
+    /// moved whole, grows with every store call it awaits. Without the feature it is `call`.
+    pub(crate) fn store<'a, F: Future + 'a>(
+        &'a self,
+        op: StoreOp,
+        call: F,
+    ) -> impl Future<Output = F::Output> + 'a {
         #[cfg(feature = "metrics")]
         {
             let started = Timer::start();
-            let output = call.await;
-            started.record(&self.handles().store[op as usize]);
-            output
+            async move {
+                let output = call.await;
+                started.record(&self.handles().store[op as usize]);
+                output
+            }
         }
         #[cfg(not(feature = "metrics"))]
         {
             let _ = op;
-            call.await
+            call
         }
     }
 }

@@ -68,31 +68,56 @@ pub(crate) struct Conditions {
 impl Conditions {
     /// The conditions of `headers`, against the version `current` whose tag is `tag`.
     pub(crate) fn parse(headers: &HeaderMap, current: Version) -> Self {
-        let tag = current.tag();
         // One pass over the (usually few) fields first: most requests carry no condition, and
-        // then nothing is looked up.
-        let (mut present, mut range) = (false, false);
+        // then nothing is looked up; the others look up only the fields they carry.
+        let (mut carried, mut range) = ([false; 5], false);
         for name in headers.keys() {
-            present |= CONDITIONAL.contains(name);
+            if let Some(i) = CONDITIONAL.iter().position(|field| field == name) {
+                carried[i] = true;
+            }
             range |= name == RANGE;
         }
-        if !present {
+        if !carried.contains(&true) {
             return Self {
                 if_match: TagCondition::Absent,
                 if_unmodified_since: None,
                 if_none_match: TagCondition::Absent,
                 if_modified_since: None,
-                present,
+                present: false,
                 range,
             };
         }
-        let date = |name| date::parse_date_header_expecting(headers, name, current.modified);
+        Self::parse_carried(headers, current, carried, range)
+    }
+
+    /// The conditions of a request that carries some: each field in `carried` (in the order of
+    /// [`CONDITIONAL`]) is looked up and parsed.
+    fn parse_carried(
+        headers: &HeaderMap,
+        current: Version,
+        carried: [bool; 5],
+        range: bool,
+    ) -> Self {
+        let tag = current.tag();
+        let [if_match, if_none_match, if_modified_since, if_unmodified_since, _] = carried;
+        let tag_condition = |carried: bool, name| {
+            if carried {
+                TagCondition::parse(headers, name, tag)
+            } else {
+                TagCondition::Absent
+            }
+        };
+        let date = |carried: bool, name| {
+            carried
+                .then(|| date::parse_date_header_expecting(headers, name, current.modified))
+                .flatten()
+        };
         Self {
-            if_match: TagCondition::parse(headers, &IF_MATCH, tag),
-            if_unmodified_since: date(&IF_UNMODIFIED_SINCE),
-            if_none_match: TagCondition::parse(headers, &IF_NONE_MATCH, tag),
-            if_modified_since: date(&IF_MODIFIED_SINCE),
-            present,
+            if_match: tag_condition(if_match, &IF_MATCH),
+            if_unmodified_since: date(if_unmodified_since, &IF_UNMODIFIED_SINCE),
+            if_none_match: tag_condition(if_none_match, &IF_NONE_MATCH),
+            if_modified_since: date(if_modified_since, &IF_MODIFIED_SINCE),
+            present: true,
             range,
         }
     }
@@ -189,6 +214,7 @@ impl Conditions {
     }
 }
 
+/// In the order [`Conditions::parse`] takes them apart.
 const CONDITIONAL: [HeaderName; 5] = [
     IF_MATCH,
     IF_NONE_MATCH,

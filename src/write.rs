@@ -7,10 +7,11 @@
 //! 2. the resource's lock is taken, waiting at most [`Config::lock_timeout`] (else `503`);
 //! 3. the preconditions are decided, asking the inner service whether the resource exists if
 //!    a `*` needs it;
-//! 4. the write is forwarded in a task of its own, which runs to the inner service's answer (or
-//!    [`Config::write_timeout`]) even if the client leaves, then records the outcome and releases
-//!    the lock. Otherwise the next writer could be forwarded while the backend still applies an
-//!    abandoned write, and one of the two would be lost.
+//! 4. the write is forwarded; unless the inner service answers at once, it goes on in a task of
+//!    its own, which runs to the inner service's answer (or [`Config::write_timeout`]) even if
+//!    the client leaves; then the outcome is recorded and the lock released. Otherwise the next
+//!    writer could be forwarded while the backend still applies an abandoned write, and one of
+//!    the two would be lost.
 
 use std::{
     future::{poll_fn, Future},
@@ -21,10 +22,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header::IF_MATCH, request::Parts, HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -87,11 +88,13 @@ impl Config {
 pub(crate) enum Prepared<R, E> {
     /// The layer answers.
     Answer(Answer),
+    /// The write was forwarded and is done: the inner service answered it at once.
+    Written(Outcome<R, E>),
     /// The write runs in its own task, which reports here.
     Forwarded(oneshot::Receiver<Outcome<R, E>>),
 }
 
-/// What the task running a forwarded write reports.
+/// What became of a forwarded write.
 pub(crate) enum Outcome<R, E> {
     Response(Result<R, E>),
     /// The layer answers instead (the backend refused a validator the layer forwarded, or a
@@ -219,8 +222,20 @@ where
         metrics: metrics.clone(),
         _counted: metrics.in_flight(),
     };
+    // Boxed: it may be spawned, and tokio moves a spawned future, and its task's stage, whole
+    // several times; this one is over a kilobyte, and a box is one allocation and one copy.
+    let mut write = Box::pin(run(inner.call(request), in_flight, config));
+    // Polled once here first: a write the inner service answers at once (an in-process
+    // backend) is then done, and needs no task nor channel. Any other goes on in a task of its
+    // own, where it is polled again (with that task's waker) even if this request's client
+    // leaves.
+    if let Poll::Ready(outcome) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Ok(Prepared::Written(outcome));
+    }
     let (report, outcome) = oneshot::channel();
-    tokio::spawn(run(inner.call(request), in_flight, config, report));
+    tokio::spawn(async move {
+        let _ = report.send(write.await);
+    });
     Ok(Prepared::Forwarded(outcome))
 }
 
@@ -265,56 +280,105 @@ where
         {
             // Versions only grow: what the table refuses, a verification would refuse too.
             Step::Answer(answer) => return Ok(Decided::Answer(answer)),
-            // Asks the backend what it holds now, once, and decides again against that.
+            // Asks the backend what it holds now, once, and decides again against that. Boxed,
+            // as the probe below: futures of a branch most writes never take would otherwise
+            // make every write's future larger, and it is moved whole more than once.
             Step::Forward(_) | Step::Probe if config.bypass.verify_writes && !verified => {
-                let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
-                let (head, get) = (
-                    bodiless(Method::HEAD, request),
-                    bodiless(Method::GET, request),
-                );
-                let probe = fingerprint::probe(inner, head, get);
-                let probe = tokio::time::timeout(config.write_timeout, probe).await;
-                let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten()
-                else {
+                let verify = verify(inner, request, key, store, lock, config, metrics);
+                if !Box::pin(verify).await? {
                     return Ok(Decided::Answer(Answer::unverified(store.now())));
-                };
-                let observe = store.observe(key, &seen, &fingerprint, store.now());
-                metrics.store(StoreOp::Observe, observe).await?;
-                // What it serves also says whether it exists: no second probe for a `*`.
-                let exists = match fingerprint {
-                    Fingerprint::Absent => Existence::Absent,
-                    _ => Existence::Exists,
-                };
-                let learn = store.learn_existence(key, lock, exists);
-                metrics.store(StoreOp::LearnExistence, learn).await?;
+                }
                 verified = true;
-                poll_fn(|cx| inner.poll_ready(cx))
-                    .await
-                    .map_err(Refused::Inner)?;
             }
             Step::Forward(seen) => return Ok(Decided::Forward(seen)),
             Step::Probe if probed => {
                 return Ok(Decided::Answer(Answer::probe_inconclusive(store.now())))
             }
             Step::Probe => {
-                let (head, get) = (
-                    bodiless(Method::HEAD, request),
-                    bodiless(Method::GET, request),
-                );
-                let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
-                let exists = match probe.await {
-                    Ok(exists) => exists.map_err(Refused::Inner)?,
-                    Err(_elapsed) => Existence::Unknown,
-                };
-                let learn = store.learn_existence(key, lock, exists);
-                metrics.store(StoreOp::LearnExistence, learn).await?;
+                Box::pin(learn_existence(
+                    inner, request, key, store, lock, config, metrics,
+                ))
+                .await?;
                 probed = true;
-                poll_fn(|cx| inner.poll_ready(cx))
-                    .await
-                    .map_err(Refused::Inner)?;
             }
         }
     }
+}
+
+/// With `verify_writes`: asks the inner service what it serves now, and records it (a change
+/// bumps the version, and tells whether the resource exists); `false` if it did not say.
+/// `inner` is ready again after.
+async fn verify<S, ReqBody, ResBody, Key, St>(
+    inner: &mut S,
+    request: &Parts,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    config: Config,
+    metrics: &Metrics,
+) -> Result<bool, Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    ResBody: Body<Data = Bytes>,
+    St: VersionStore<Key>,
+{
+    let seen = metrics.store(StoreOp::Peek, store.peek(key, lock)).await?;
+    let (head, get) = (
+        bodiless(Method::HEAD, request),
+        bodiless(Method::GET, request),
+    );
+    let probe = fingerprint::probe(inner, head, get);
+    let probe = tokio::time::timeout(config.write_timeout, probe).await;
+    let Some(fingerprint) = probe.ok().transpose().map_err(Refused::Inner)?.flatten() else {
+        return Ok(false);
+    };
+    let observe = store.observe(key, &seen, &fingerprint, store.now());
+    metrics.store(StoreOp::Observe, observe).await?;
+    // What it serves also says whether it exists: no second probe for a `*`.
+    let exists = match fingerprint {
+        Fingerprint::Absent => Existence::Absent,
+        _ => Existence::Exists,
+    };
+    let learn = store.learn_existence(key, lock, exists);
+    metrics.store(StoreOp::LearnExistence, learn).await?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Refused::Inner)?;
+    Ok(true)
+}
+
+/// Asks the inner service whether the resource exists, and records what it said. `inner` is
+/// ready again after.
+async fn learn_existence<S, ReqBody, ResBody, Key, St>(
+    inner: &mut S,
+    request: &Parts,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    config: Config,
+    metrics: &Metrics,
+) -> Result<(), Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: FromBytes,
+    St: VersionStore<Key>,
+{
+    let (head, get) = (
+        bodiless(Method::HEAD, request),
+        bodiless(Method::GET, request),
+    );
+    let probe = tokio::time::timeout(config.write_timeout, probe(inner, head, get));
+    let exists = match probe.await {
+        Ok(exists) => exists.map_err(Refused::Inner)?,
+        Err(_elapsed) => Existence::Unknown,
+    };
+    let learn = store.learn_existence(key, lock, exists);
+    metrics.store(StoreOp::LearnExistence, learn).await?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Refused::Inner)?;
+    Ok(())
 }
 
 /// Why a write could not be prepared: the store, or the inner service (during a probe).
@@ -344,42 +408,67 @@ impl BodyRefused {
     }
 }
 
-/// Reads a write's body in full, or says why not.
-async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
+/// Reads a write's body in full, or says why not. A body that comes in one frame (most do) is
+/// kept as it came, neither copied nor gathered into a list first.
+async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
     if body.size_hint().lower() > limit as u64 {
         return Err(BodyRefused::TooLarge);
     }
-    // Why the body failed does not matter here, only whether it was too large.
-    let body = body.map_err(|_| std::io::Error::other("unreadable request body"));
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
-        Err(_) => Err(BodyRefused::Unreadable),
+    let mut body = std::pin::pin!(body);
+    let (mut first, mut rest) = (Bytes::new(), BytesMut::new());
+    while let Some(frame) = body.frame().await {
+        // Why the body failed does not matter here, only whether it was too large.
+        let frame = frame.map_err(|_| BodyRefused::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: a write is forwarded without them
+        };
+        if first.len() + rest.len() + data.len() > limit {
+            return Err(BodyRefused::TooLarge);
+        }
+        if first.is_empty() && rest.is_empty() {
+            first = data;
+        } else {
+            rest.extend_from_slice(&data);
+        }
     }
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    let mut whole = BytesMut::with_capacity(first.len() + rest.len());
+    whole.extend_from_slice(&first);
+    whole.extend_from_slice(&rest);
+    Ok(whole.freeze())
 }
 
-/// Runs a forwarded write to its end, whether or not anyone still waits for its answer.
+/// Runs a forwarded write to its end, whether or not anyone still waits for its answer. Its
+/// outcome comes once the version is bumped, so the client's next write sees it; after a
+/// timeout (here or upstream), at once, the resource staying locked for the grace period.
 async fn run<F, ResBody, E, Key, St>(
     call: F,
     in_flight: WriteInFlight<Key, St>,
     config: Config,
-    report: oneshot::Sender<Outcome<Response<ResBody>, E>>,
-) where
+) -> Outcome<Response<ResBody>, E>
+where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    Key: Clone,
+    Key: Clone + Send + 'static,
     St: VersionStore<Key>,
 {
     let metrics = in_flight.metrics.clone();
     let started = Timer::start();
-    let answered = tokio::time::timeout(config.write_timeout, catch_unwind(call)).await;
+    let mut call = std::pin::pin!(catch_unwind(call));
+    // A call answered at its first poll (an in-process backend) cannot time out: no timer, and
+    // no clock read, for it.
+    let answered = match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(answered) => Ok(answered),
+        Poll::Pending => tokio::time::timeout(config.write_timeout, call).await,
+    };
     metrics.upstream(Access::Write, started);
     let outcome = match answered {
         Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
             // The backend may still be applying it: keep others out for the grace period.
             metrics.written(Some(res.status()));
-            let _ = report.send(Outcome::Response(Ok(res)));
-            tokio::time::sleep(config.timeout_grace).await;
-            return drop(in_flight);
+            hold_for_grace(in_flight, config.timeout_grace);
+            return Outcome::Response(Ok(res));
         }
         Ok(Ok(Ok(res))) => in_flight.settle(res).await,
         Ok(Ok(Err(err))) => {
@@ -393,10 +482,9 @@ async fn run<F, ResBody, E, Key, St>(
         }
         Err(_elapsed) => {
             metrics.written(None);
-            let _ = report.send(Outcome::TimedOut);
             tracing::warn!(timeout = ?config.write_timeout, "write timed out; resource stays locked for the grace period");
-            tokio::time::sleep(config.timeout_grace).await;
-            return drop(in_flight);
+            hold_for_grace(in_flight, config.timeout_grace);
+            return Outcome::TimedOut;
         }
     };
     match &outcome {
@@ -404,8 +492,20 @@ async fn run<F, ResBody, E, Key, St>(
         Outcome::Answer(answer) => metrics.answered(answer.said()),
         Outcome::Response(Err(_)) | Outcome::TimedOut | Outcome::Panicked => metrics.written(None),
     }
-    // Sent only once the version is bumped, so the client's next write sees it.
-    let _ = report.send(outcome);
+    outcome
+}
+
+/// Keeps a timed-out write's resource locked for `grace` in a task of its own, then records the
+/// write (of unknown outcome) and releases the lock; its client is answered meanwhile.
+fn hold_for_grace<Key, St>(in_flight: WriteInFlight<Key, St>, grace: Duration)
+where
+    Key: Clone + Send + 'static,
+    St: VersionStore<Key>,
+{
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        drop(in_flight);
+    });
 }
 
 /// Runs `future`, turning a panic in it into an `Err`: the write's client is told, instead of
@@ -447,21 +547,30 @@ async fn evaluate<Key, St: VersionStore<Key>>(
         Verdict::Decided(decision) => decision,
         Verdict::DependsOnExistence { .. } => return Ok(Step::Probe),
     };
-    let now = store.now();
     let failed = match decision {
-        Decision::Forward => return Ok(Step::Forward(seen)),
-        Decision::PreconditionRequired => {
-            return Ok(Step::Answer(Answer::precondition_required(now)))
-        }
-        Decision::BadRequest(field) => return Ok(Step::Answer(Answer::malformed(field, now))),
+        Decision::Forward => return Ok(Step::Forward(seen)), // no clock read: the bump has one
         Decision::PreconditionFailed(failed) => failed,
         Decision::NotModified => Failed::IfNoneMatch, // a write's `304` is a `412` (§13.1.2)
+        Decision::PreconditionRequired => {
+            return Ok(Step::Answer(Answer::precondition_required(store.now())))
+        }
+        Decision::BadRequest(field) => {
+            return Ok(Step::Answer(Answer::malformed(field, store.now())))
+        }
     };
-    let current = metrics.store(StoreOp::Current, store.current(key, now));
+    let now = store.now();
+    // The `412` carries the current version, re-dated if its date is shared and the clock has
+    // moved on; only then is the store asked again. Under the lock no other write through the
+    // layer moves it (an observation of a bypassing writer may, as it may just after any call).
+    let version = match seen.version.redated(now) {
+        None => seen.version,
+        Some(_) => {
+            let current = metrics.store(StoreOp::Current, store.current(key, now));
+            current.await?.version
+        }
+    };
     Ok(Step::Answer(Answer::precondition_failed(
-        failed,
-        current.await?.version,
-        now,
+        failed, version, now,
     )))
 }
 
@@ -566,6 +675,59 @@ impl<Key: Clone, St: VersionStore<Key>> Drop for WriteInFlight<Key, St> {
     fn drop(&mut self) {
         if let Some(lock) = self.lock.take() {
             self.store.bump_unsettled(self.key.clone(), lock);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        task::{Context, Poll},
+    };
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body that yields its frames one by one, with no size hint.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(chunks: &[&'static str]) -> Frames {
+        let mut frames: VecDeque<_> = chunks
+            .iter()
+            .map(|chunk| Frame::data(Bytes::from_static(chunk.as_bytes())))
+            .collect();
+        frames.push_back(Frame::trailers(HeaderMap::new()));
+        Frames(frames)
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_from_any_number_of_frames_within_its_limit() {
+        for chunks in [&[][..], &["whole"], &["", "whole"], &["wh", "", "ol", "e"]] {
+            let read = read_body(frames(chunks), 5).await;
+            let expected = if chunks.is_empty() { "" } else { "whole" };
+            assert_eq!(
+                read.ok().as_deref(),
+                Some(expected.as_bytes()),
+                "{chunks:?}"
+            );
+        }
+        for chunks in [&["wholes"][..], &["whol", "es"], &["w", "hole", "s"]] {
+            let read = read_body(frames(chunks), 5).await;
+            assert!(matches!(read, Err(BodyRefused::TooLarge)), "{chunks:?}");
         }
     }
 }

@@ -546,6 +546,11 @@ impl<K: Hash + Eq + Clone> MemoryStore<K> {
     /// Applies `change` to the entry of `key`, creating it if needed, then evicts if the table
     /// has grown past its bound (with no map guard held).
     fn update<R>(&self, key: &K, change: impl FnOnce(&mut Entry) -> R) -> R {
+        // Most keys are known already: no owned copy of the key for them.
+        if let Some(mut entry) = self.entries.get_mut(key) {
+            entry.touch(self.tick.load(Ordering::Relaxed));
+            return change(&mut entry);
+        }
         let (result, inserted) = match self.entries.entry(key.clone()) {
             MapEntry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
