@@ -1,7 +1,7 @@
 //! Connections to the upstream: HTTP/1.1 on `hyper::client::conn::http1`, at most
 //! `--upstream-max-connections` open (busy or idle), up to `--upstream-max-idle` kept for the
-//! next request (a minute at most), a request waiting at most `--upstream-queue-timeout` for a
-//! connection when all are busy.
+//! next request (one idle for over a minute is closed instead of reused), a request waiting at
+//! most `--upstream-queue-timeout` for a connection when all are busy.
 //!
 //! One upstream, so one stack of idle connections behind a lock held only to push or pop one:
 //! no per-request pool key to build and hash, as a general-purpose pooled client must.
@@ -21,7 +21,7 @@ use hyper::{
     client::conn::http1::{self, SendRequest},
 };
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower::Service;
 
 use crate::forward::RequestBody;
@@ -67,11 +67,11 @@ struct Shared {
     queue_timeout: Duration,
 }
 
-/// One connection, holding its place in `--upstream-max-connections` until dropped (its
-/// driving task ends when the sender is gone).
+/// One connection's sending side. Its place in `--upstream-max-connections` is held by the
+/// task driving it, so it counts until the socket is closed (after the sender is dropped, or
+/// when the upstream closes it), not merely until the sender is gone.
 struct Conn {
     sender: SendRequest<RequestBody>,
-    _permit: OwnedSemaphorePermit,
 }
 
 struct Idle {
@@ -179,14 +179,12 @@ impl Shared {
             .map_err(|err| UpstreamError::Connect(err.into()))?;
         let (sender, connection) = http1::handshake(io).await.map_err(UpstreamError::Send)?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "upstream connection ended with an error");
             }
         });
-        Ok(Conn {
-            sender,
-            _permit: permit,
-        })
+        Ok(Conn { sender })
     }
 }
 
