@@ -620,10 +620,12 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
     /// backend now serves when the layer tracks them; anything else may have changed the
     /// resource, so it bumps too.
     async fn settle<B, E>(mut self, mut res: Response<B>) -> Outcome<Response<B>, E> {
-        let lock = self.lock.take().expect("settled once");
+        // The lock stays in `self` until the bump takes it: should anything before that panic
+        // or be dropped (the follow-up read below), dropping `self` still bumps.
         let status = res.status();
         if status == StatusCode::PRECONDITION_FAILED && self.guarded {
             let now = self.store.now();
+            let lock = self.lock.take().expect("settled once");
             let bump = self.store.bump(&self.key, lock, Existence::Unknown, None);
             return Outcome::Answer(match self.metrics.store(StoreOp::Bump, bump).await {
                 Ok(version) => Answer::precondition_failed(Failed::Backend, version, now),
@@ -634,7 +636,8 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
             });
         }
         if status.is_client_error() {
-            return Outcome::Response(Ok(res)); // the lock is released as it drops
+            drop(self.lock.take()); // refused: nothing changed, released without a bump
+            return Outcome::Response(Ok(res));
         }
         let exists = if status.is_success() {
             self.on_success
@@ -654,6 +657,7 @@ impl<Key: Clone, St: VersionStore<Key>> WriteInFlight<Key, St> {
             }
             _ => None,
         };
+        let lock = self.lock.take().expect("settled once");
         let bump = self.store.bump(&self.key, lock, exists, fingerprint);
         match self.metrics.store(StoreOp::Bump, bump).await {
             Ok(version) if status.is_success() => {

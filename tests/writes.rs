@@ -18,7 +18,7 @@ use support::{
     call, date_at, poll_once, request, Backend, Reply, FAIL, HOLD, PANIC, SECOND, STATUS,
 };
 use tower::{Layer, Service, ServiceExt};
-use tower_conditional::{clock::ManualClock, Conditional, ConditionalLayer};
+use tower_conditional::{clock::ManualClock, store::MemoryStore, Conditional, ConditionalLayer};
 
 const DOC: &str = "/doc";
 
@@ -483,4 +483,52 @@ async fn a_probe_that_fails_returns_the_inner_error_and_leaves_the_resource_writ
         StatusCode::OK
     );
     assert_eq!(backend.doc(DOC).unwrap(), "created");
+}
+
+/// With `verify_writes`, the backend is read under the lock once a write succeeded. A backend
+/// that panics in that read (once) leaves the write's outcome unknown: the version is bumped all the
+/// same, so a validator from before the write cannot overwrite it.
+#[tokio::test]
+async fn a_verified_write_whose_follow_up_read_panics_still_bumps() {
+    // 0: nothing written yet; 1: the first write arrived; 2: the read after it panicked.
+    let state = Arc::new(AtomicUsize::new(0));
+    let backend = {
+        let state = state.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let state = state.clone();
+            async move {
+                let (from, to) = if req.method() == Method::PUT {
+                    (0, 1)
+                } else {
+                    (1, 2)
+                };
+                let moved = state.compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst);
+                if moved == Ok(1) {
+                    panic!("the backend fails its first read after a write");
+                }
+                Ok::<_, std::io::Error>(http::Response::new(Full::new(Bytes::from_static(b"doc"))))
+            }
+        })
+    };
+    let clock = support::manual_clock();
+    let layer = ConditionalLayer::new()
+        .store(MemoryStore::new().clock(clock.clone()))
+        .verify_writes(true);
+    let mut service = layer.layer(backend);
+    clock.advance(SECOND);
+    let tag = call(&mut service, request(Method::GET, DOC, &[], ""))
+        .await
+        .tag();
+    let mut writer = service.clone();
+    let write = request(Method::PUT, DOC, &[("if-match", &tag)], "v2");
+    // A panic, or an answer saying the outcome is unknown: either way, the write reached the
+    // backend.
+    let _ =
+        tokio::spawn(async move { writer.ready().await.unwrap().call(write).await.is_ok() }).await;
+    let stale = request(Method::PUT, DOC, &[("if-match", &tag)], "from before v2");
+    assert_eq!(
+        call(&mut service, stale).await.status,
+        StatusCode::PRECONDITION_FAILED,
+        "a validator from before a write of unknown outcome was accepted"
+    );
 }
