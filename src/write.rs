@@ -428,16 +428,18 @@ async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes
         if first.is_empty() && rest.is_empty() {
             first = data;
         } else {
+            // From the second frame on, one buffer: each byte copied once, at most.
+            if rest.is_empty() {
+                rest.extend_from_slice(&std::mem::take(&mut first));
+            }
             rest.extend_from_slice(&data);
         }
     }
-    if rest.is_empty() {
-        return Ok(first);
-    }
-    let mut whole = BytesMut::with_capacity(first.len() + rest.len());
-    whole.extend_from_slice(&first);
-    whole.extend_from_slice(&rest);
-    Ok(whole.freeze())
+    Ok(if rest.is_empty() {
+        first
+    } else {
+        rest.freeze()
+    })
 }
 
 /// Runs a forwarded write to its end, whether or not anyone still waits for its answer. Its
