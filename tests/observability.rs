@@ -12,7 +12,7 @@ use support::{
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    net::TcpListener,
+    net::TcpSocket,
 };
 
 /// After a known sequence of requests, every counter says exactly what the layer did.
@@ -151,8 +151,19 @@ async fn metrics_count_what_the_layer_did() {
 /// the process serves.
 #[tokio::test]
 async fn readyz_follows_the_upstream_and_livez_stays_up() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
+    // The upstream's port stays ours while it is gone (a second socket bound to it, not
+    // listening, refuses connections): a listener of another test cannot take it meanwhile.
+    let socket = || {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        socket
+    };
+    let first = socket();
+    first.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let upstream = first.local_addr().unwrap();
+    let listener = first.listen(16).unwrap();
+    let reserved = socket();
+    reserved.bind(upstream).unwrap();
     let (_proxy, _addr, ops) =
         start_proxy_with_ops(&["--upstream", &format!("http://{upstream}")]).await;
     let ops = HttpClient::new(ops);
@@ -171,7 +182,7 @@ async fn readyz_follows_the_upstream_and_livez_stays_up() {
     let live = ops.send(Method::GET, "/livez", &[], "").await;
     assert_eq!((live.status, live.text()), (StatusCode::OK, "ok\n"));
 
-    let _back = TcpListener::bind(upstream).await.unwrap();
+    let _back = reserved.listen(16).unwrap();
     let ready = ops.send(Method::GET, "/readyz", &[], "").await;
     assert_eq!((ready.status, ready.text()), (StatusCode::OK, "ready\n"));
 }
