@@ -22,10 +22,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header::IF_MATCH, request::Parts, HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -340,11 +340,7 @@ where
         Fingerprint::Absent => Existence::Absent,
         _ => Existence::Exists,
     };
-    let learn = store.learn_existence(key, lock, exists);
-    metrics.store(StoreOp::LearnExistence, learn).await?;
-    poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .map_err(Refused::Inner)?;
+    record_existence(inner, key, store, lock, metrics, exists).await?;
     Ok(true)
 }
 
@@ -373,12 +369,28 @@ where
         Ok(exists) => exists.map_err(Refused::Inner)?,
         Err(_elapsed) => Existence::Unknown,
     };
+    record_existence(inner, key, store, lock, metrics, exists).await
+}
+
+/// Records what the inner service said of the resource's existence, then waits until `inner`
+/// is ready again (for the write, or the next probe).
+async fn record_existence<S, ReqBody, Key, St>(
+    inner: &mut S,
+    key: &Key,
+    store: &St,
+    lock: &St::Lock,
+    metrics: &Metrics,
+    exists: Existence,
+) -> Result<(), Refused<S::Error>>
+where
+    S: Service<Request<ReqBody>>,
+    St: VersionStore<Key>,
+{
     let learn = store.learn_existence(key, lock, exists);
     metrics.store(StoreOp::LearnExistence, learn).await?;
     poll_fn(|cx| inner.poll_ready(cx))
         .await
-        .map_err(Refused::Inner)?;
-    Ok(())
+        .map_err(Refused::Inner)
 }
 
 /// Why a write could not be prepared: the store, or the inner service (during a probe).
@@ -408,38 +420,19 @@ impl BodyRefused {
     }
 }
 
-/// Reads a write's body in full, or says why not. A body that comes in one frame (most do) is
-/// kept as it came, neither copied nor gathered into a list first.
-async fn read_body<B: Body<Data = Bytes>>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
+/// Reads a write's body in full, or says why not. (A body of one frame is kept as it came:
+/// `Collected::to_bytes` hands out its only buffer without copying it.)
+async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyRefused> {
     if body.size_hint().lower() > limit as u64 {
         return Err(BodyRefused::TooLarge);
     }
-    let mut body = std::pin::pin!(body);
-    let (mut first, mut rest) = (Bytes::new(), BytesMut::new());
-    while let Some(frame) = body.frame().await {
-        // Why the body failed does not matter here, only whether it was too large.
-        let frame = frame.map_err(|_| BodyRefused::Unreadable)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers: a write is forwarded without them
-        };
-        if first.len() + rest.len() + data.len() > limit {
-            return Err(BodyRefused::TooLarge);
-        }
-        if first.is_empty() && rest.is_empty() {
-            first = data;
-        } else {
-            // From the second frame on, one buffer: each byte copied once, at most.
-            if rest.is_empty() {
-                rest.extend_from_slice(&std::mem::take(&mut first));
-            }
-            rest.extend_from_slice(&data);
-        }
+    // Why the body failed does not matter here, only whether it was too large.
+    let body = body.map_err(|_| std::io::Error::other("unreadable request body"));
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
+        Err(_) => Err(BodyRefused::Unreadable),
     }
-    Ok(if rest.is_empty() {
-        first
-    } else {
-        rest.freeze()
-    })
 }
 
 /// Runs a forwarded write to its end, whether or not anyone still waits for its answer. Its
@@ -457,13 +450,8 @@ where
 {
     let metrics = in_flight.metrics.clone();
     let started = Timer::start();
-    let mut call = std::pin::pin!(catch_unwind(call));
-    // A call answered at its first poll (an in-process backend) cannot time out: no timer, and
-    // no clock read, for it.
-    let answered = match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-        Poll::Ready(answered) => Ok(answered),
-        Poll::Pending => tokio::time::timeout(config.write_timeout, call).await,
-    };
+    // A call answered at its first poll never registers the timer: `Timeout` polls it first.
+    let answered = tokio::time::timeout(config.write_timeout, catch_unwind(call)).await;
     metrics.upstream(Access::Write, started);
     let outcome = match answered {
         Ok(Ok(Ok(res))) if res.status() == StatusCode::GATEWAY_TIMEOUT => {
