@@ -44,22 +44,24 @@ impl BodyBudget {
     }
 
     /// Reserves the bytes a write's body may take, before a byte of it is read when its length
-    /// is known: `Content-Length` (HTTP/1.1 or HTTP/2), nothing for a body known to be empty
-    /// (a bodiless `DELETE`). A body over `--max-body` is refused by the layer unread, so it
-    /// needs none. A body of unknown length (chunked, or HTTP/2 without `content-length`) gets
-    /// room as its frames arrive ([`Budgeted`]), at most `--max-body`. Without room: `503`
-    /// with `Retry-After`.
-    pub fn reserve<B: Body>(&self, req: &Request<B>) -> Result<Arc<Reservation>, OwnAnswer> {
+    /// is known: `Content-Length` (HTTP/1.1 or HTTP/2). A body known to be empty (most reads, a
+    /// bodiless `DELETE`) has nothing to reserve, time or count: `None`. A body over
+    /// `--max-body` is refused by the layer unread, so it needs none. A body of unknown length
+    /// (chunked, or HTTP/2 without `content-length`) gets room as its frames arrive
+    /// ([`Budgeted`]), at most `--max-body`. Without room: `503` with `Retry-After`.
+    pub fn reserve<B: Body>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<Option<Arc<Reservation>>, OwnAnswer> {
         let buffered = matches!(
             *req.method(),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
         let body = req.body();
-        let exact = if body.is_end_stream() {
-            Some(0)
-        } else {
-            body.size_hint().exact()
-        };
+        if body.is_end_stream() {
+            return Ok(None);
+        }
+        let exact = body.size_hint().exact();
         let (upfront, grows) = match exact {
             _ if !buffered => (0, false),
             Some(length) if length > self.max_body as u64 => (0, false),
@@ -76,7 +78,7 @@ impl BodyBudget {
         if upfront > 0 && !reservation.grow(upfront) {
             return Err(budget_spent());
         }
-        Ok(Arc::new(reservation))
+        Ok(Some(Arc::new(reservation)))
     }
 }
 

@@ -434,16 +434,12 @@ where
                     return Ok(boxed(page));
                 }
             }
-            // A body known to be empty (most reads) takes no budget and no body timer.
-            let reserved = if http_body::Body::is_end_stream(req.body()) {
-                None
-            } else {
-                match budget.reserve(&req) {
-                    Ok(reserved) => Some(reserved),
-                    Err(refused) => {
-                        counters.budget_refused.increment(1);
-                        return Ok(boxed(refused.into_response()));
-                    }
+            // `None` for a body known to be empty (most reads): no budget, no body timer.
+            let reserved = match budget.reserve(&req) {
+                Ok(reserved) => reserved,
+                Err(refused) => {
+                    counters.budget_refused.increment(1);
+                    return Ok(boxed(refused.into_response()));
                 }
             };
             let (parts, body) = req.into_parts();
