@@ -13,20 +13,8 @@
 # (`apt-get install valgrind nginx-light`).
 set -euo pipefail
 N=${N:-3000}; CASE=${CASE:-get}
-WORK=$(mktemp -d); PIDS=()
-# SIGTERM, not SIGKILL: nginx's master then stops its worker, which would hold our stdout open.
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-mkdir -p "$WORK/www/api" "$WORK/logs"; chmod 755 "$WORK"; printf '{"content":"x"}' > "$WORK/www/api/doc"; chmod -R a+rX "$WORK/www"
-UP=$(free)
-cat > "$WORK/up.conf" <<NGINX
-worker_processes 1; pid $WORK/up.pid; error_log $WORK/logs/e.log warn;
-events { worker_connections 4096; }
-http { access_log off; default_type application/json;
-  server { listen 127.0.0.1:$UP backlog=4096; keepalive_requests 1000000; root $WORK/www; } }
-NGINX
-nginx -p "$WORK" -c "$WORK/up.conf" -g 'daemon off;' & PIDS+=($!)
+source "$(dirname "$0")/lib.sh"
+start_upstream
 # N GETs over 4 keep-alive connections; with CASE=get_304, each carries the Last-Modified first seen.
 cat > "$WORK/client.py" <<'PY'
 import http.client, sys, threading
@@ -45,11 +33,8 @@ threads = [threading.Thread(target=run, args=(n // 4,)) for _ in range(4)]
 PY
 for spec in "$@"; do
   name=${spec%%=*}; bin=${spec#*=}
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.cg" \
-    "$bin" --listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" > "$WORK/$name.out" 2>"$WORK/$name.err" &
-  P=$!; PIDS+=($P)
-  for _ in $(seq 300); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
-  port=$(sed -n 's/^listening on http:\/\/127.0.0.1://p' "$WORK/$name.out")
+  start_proxy "$name" "$bin" valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.cg"
+  P=$PROXY_PID; port=${PROXY_ADDR##*:}
   # The layer answers 304 only once the resource's date is a second old.
   python3 "$WORK/client.py" "$port" 400 "$CASE"; sleep 1.1
   callgrind_control -z "$P" >/dev/null 2>&1
